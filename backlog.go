@@ -1,0 +1,139 @@
+package replmap
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// backlogBlockSize is the unit in which the backlog allocates and frees.
+const backlogBlockSize = 64 << 10
+
+// backlog is the primary's window onto its replication stream: the encoded
+// data records in offset order, appended once by writers and read by every
+// link through its own cursor, so the same bytes fan out to all replicas
+// without being copied per link.
+//
+// It keeps at least the last size bytes, for partial resyncs. A cursor also
+// pins what it has not read yet, so a replica receiving a snapshot or
+// reading slowly does not lose its place; but once a cursor is more than
+// limit bytes behind the end, it is evicted and its link dropped, so memory
+// stays bounded by the larger of size and limit.
+//
+// The bytes live in fixed-size blocks aligned to offsets that are multiples
+// of backlogBlockSize. A block's bytes below end never change, so readers
+// use them after releasing the lock; writers only append beyond end.
+type backlog struct {
+	mu      sync.Mutex
+	size    uint64
+	limit   uint64
+	blocks  [][]byte // blocks[i] holds offsets [first+i*blockSize, first+(i+1)*blockSize)
+	first   uint64   // offset of blocks[0][0]
+	start   uint64   // oldest offset held
+	end     atomic.Uint64
+	cursors map[*cursor]struct{}
+}
+
+// A cursor is one reader's position in the backlog.
+type cursor struct {
+	pos     uint64 // next offset to read
+	evicted bool   // fell more than limit behind
+}
+
+func newBacklog(size, limit int) *backlog {
+	return &backlog{size: uint64(size), limit: uint64(limit), cursors: make(map[*cursor]struct{})}
+}
+
+// append adds a frame's bytes at the end. The caller serialises appends.
+func (b *backlog) append(p []byte) {
+	b.mu.Lock()
+	end := b.end.Load()
+	for len(p) > 0 {
+		if end == b.first+uint64(len(b.blocks))*backlogBlockSize {
+			b.trim(end)
+			b.blocks = append(b.blocks, make([]byte, backlogBlockSize))
+		}
+		blk := b.blocks[(end-b.first)/backlogBlockSize]
+		n := copy(blk[end%backlogBlockSize:], p)
+		p = p[n:]
+		end += uint64(n)
+	}
+	b.end.Store(end)
+	b.mu.Unlock()
+}
+
+// trim frees the blocks that neither the size window nor any live cursor
+// needs, and evicts cursors more than limit behind end.
+func (b *backlog) trim(end uint64) {
+	var keep uint64
+	if end > b.size {
+		keep = end - b.size
+	}
+	for c := range b.cursors {
+		if c.evicted || c.pos >= keep {
+			continue
+		}
+		if end-c.pos > b.limit {
+			c.evicted = true
+			continue
+		}
+		keep = c.pos
+	}
+	if keep <= b.first {
+		return
+	}
+	drop := int((keep - b.first) / backlogBlockSize)
+	if drop == 0 {
+		return
+	}
+	b.blocks = slices.Delete(b.blocks, 0, drop)
+	b.first += uint64(drop) * backlogBlockSize
+	b.start = max(b.start, b.first)
+}
+
+// window returns the range of offsets held: [start, end].
+func (b *backlog) window() (start, end uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.start, b.end.Load()
+}
+
+// newCursor returns a cursor at pos, or false if pos is outside the window.
+func (b *backlog) newCursor(pos uint64) (*cursor, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if pos < b.start || pos > b.end.Load() {
+		return nil, false
+	}
+	c := &cursor{pos: pos}
+	b.cursors[c] = struct{}{}
+	return c, true
+}
+
+// release forgets c, unpinning what it had not read.
+func (b *backlog) release(c *cursor) {
+	b.mu.Lock()
+	delete(b.cursors, c)
+	b.mu.Unlock()
+}
+
+// read returns up to limit bytes at c's position and advances c past them.
+// The bytes are the backlog's own: the caller must not change them. It
+// returns nothing when c is at the end, and ErrReplicaTooSlow once c has
+// been evicted.
+func (b *backlog) read(c *cursor, limit int) ([]byte, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c.evicted {
+		return nil, ErrReplicaTooSlow
+	}
+	end := b.end.Load()
+	if c.pos >= end {
+		return nil, nil
+	}
+	off := c.pos % backlogBlockSize
+	n := min(backlogBlockSize-off, end-c.pos, uint64(limit))
+	blk := b.blocks[(c.pos-b.first)/backlogBlockSize]
+	c.pos += n
+	return blk[off : off+n], nil
+}

@@ -1,0 +1,198 @@
+package replmap
+
+import (
+	"encoding/binary"
+	"fmt"
+	"reflect"
+	"sync"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+)
+
+// msgpackHandle encodes values with the msgpack spec's str and bin types
+// and caps the initial size of every container a decoder makes, so a
+// hostile length inside a value cannot make it allocate much before the
+// bytes run out.
+var msgpackHandle = func() *codec.MsgpackHandle {
+	h := &codec.MsgpackHandle{WriteExt: true}
+	h.RawToString = true
+	h.MapType = reflect.TypeFor[map[string]any]()
+	h.MaxInitLen = 4096
+	h.MaxDepth = 64
+	return h
+}()
+
+// valueEncoder is a pooled msgpack encoder with its output buffer: the
+// codec writes from the start of the buffer it is given, so values are
+// encoded here and then appended where they belong.
+type valueEncoder struct {
+	enc *codec.Encoder
+	buf []byte
+}
+
+var (
+	encoderPool = sync.Pool{New: func() any {
+		var e valueEncoder
+		e.enc = codec.NewEncoderBytes(&e.buf, msgpackHandle)
+		return &e
+	}}
+	decoderPool = sync.Pool{New: func() any { return codec.NewDecoderBytes(nil, msgpackHandle) }}
+)
+
+// appendValue appends v's msgpack encoding to dst. []byte and string
+// values take a fast path that writes the same bytes without reflection.
+func appendValue[V any](dst []byte, v V) ([]byte, error) {
+	switch x := any(v).(type) {
+	case []byte:
+		return appendMsgpackBin(dst, x), nil
+	case string:
+		return appendMsgpackStr(dst, x), nil
+	}
+	e := encoderPool.Get().(*valueEncoder)
+	e.buf = e.buf[:0]
+	e.enc.ResetBytes(&e.buf)
+	err := e.enc.Encode(v)
+	if err == nil {
+		dst = append(dst, e.buf...)
+	}
+	if cap(e.buf) <= 64<<10 {
+		encoderPool.Put(e)
+	}
+	if err != nil {
+		return dst, fmt.Errorf("replmap: encoding value: %w", err)
+	}
+	return dst, nil
+}
+
+// decodeValue decodes a msgpack value. It never aliases b.
+func decodeValue[V any](b []byte) (V, error) {
+	var v V
+	switch p := any(&v).(type) {
+	case *[]byte:
+		raw, err := readMsgpackRaw(b)
+		if err != nil {
+			return v, err
+		}
+		if raw != nil {
+			*p = append([]byte{}, raw...)
+		}
+		return v, nil
+	case *string:
+		raw, err := readMsgpackRaw(b)
+		*p = string(raw)
+		return v, err
+	}
+	dec := decoderPool.Get().(*codec.Decoder)
+	defer decoderPool.Put(dec)
+	dec.ResetBytes(b)
+	if err := dec.Decode(&v); err != nil {
+		return v, fmt.Errorf("%w: decoding value: %v", ErrProtocol, err)
+	}
+	return v, nil
+}
+
+func appendMsgpackBin(dst, b []byte) []byte {
+	if b == nil {
+		return append(dst, 0xc0) // nil
+	}
+	switch n := len(b); {
+	case n <= 0xff:
+		dst = append(dst, 0xc4, byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0xc5, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0xc6)
+		dst = binary.BigEndian.AppendUint32(dst, uint32(n))
+	}
+	return append(dst, b...)
+}
+
+func appendMsgpackStr(dst []byte, s string) []byte {
+	switch n := len(s); {
+	case n < 32:
+		dst = append(dst, 0xa0|byte(n))
+	case n <= 0xff:
+		dst = append(dst, 0xd9, byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0xda, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0xdb)
+		dst = binary.BigEndian.AppendUint32(dst, uint32(n))
+	}
+	return append(dst, s...)
+}
+
+// readMsgpackRaw returns the bytes of a msgpack bin or str value that must
+// fill b exactly; nil for msgpack nil.
+func readMsgpackRaw(b []byte) ([]byte, error) {
+	bad := func() ([]byte, error) {
+		return nil, fmt.Errorf("%w: value is not a well-formed msgpack string or binary", ErrProtocol)
+	}
+	if len(b) == 0 {
+		return bad()
+	}
+	var n, hdr int
+	switch c := b[0]; {
+	case c == 0xc0:
+		if len(b) != 1 {
+			return bad()
+		}
+		return nil, nil
+	case c&0xe0 == 0xa0:
+		n, hdr = int(c&0x1f), 1
+	case (c == 0xc4 || c == 0xd9) && len(b) >= 2:
+		n, hdr = int(b[1]), 2
+	case (c == 0xc5 || c == 0xda) && len(b) >= 3:
+		n, hdr = int(binary.BigEndian.Uint16(b[1:])), 3
+	case (c == 0xc6 || c == 0xdb) && len(b) >= 5:
+		n, hdr = int(binary.BigEndian.Uint32(b[1:])), 5
+	default:
+		return bad()
+	}
+	if len(b)-hdr != n {
+		return bad()
+	}
+	return b[hdr:], nil
+}
+
+// appendSetFrame appends a SET record for key and the encoded value.
+func appendSetFrame[V any](dst []byte, key string, v V, maxValue int) ([]byte, error) {
+	start := len(dst)
+	dst = beginFrame(dst, frameSet)
+	dst = appendString(dst, key)
+	valueStart := len(dst)
+	dst, err := appendValue(dst, v)
+	if err != nil {
+		return dst[:start], err
+	}
+	if n := len(dst) - valueStart; n > maxValue {
+		return dst[:start], fmt.Errorf("%w: value of %d bytes exceeds the %d-byte limit", ErrTooLarge, n, maxValue)
+	}
+	return endFrame(dst, start), nil
+}
+
+// appendDelFrame appends a DEL record for key.
+func appendDelFrame(dst []byte, key string) []byte {
+	return appendFrame(dst, frameDel, []byte(key))
+}
+
+// parseSet splits a SET payload into key and encoded value.
+func parseSet(b []byte, maxKey, maxValue int) (key, value []byte, err error) {
+	p := parser{b: b}
+	key = p.bytes("SET key", maxKey)
+	if p.err != nil {
+		return nil, nil, p.err
+	}
+	if len(p.b) > maxValue {
+		return nil, nil, fmt.Errorf("%w: value of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(p.b), maxValue)
+	}
+	return key, p.b, nil
+}
+
+// checkKey reports a key over the limit.
+func checkKey(key string, maxKey int) error {
+	if len(key) > maxKey {
+		return fmt.Errorf("%w: key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(key), maxKey)
+	}
+	return nil
+}

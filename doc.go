@@ -1,0 +1,77 @@
+// Package replmap keeps exact copies of an in-memory map in sync across
+// goroutines, processes and machines, with the primary–replica replication
+// model that Redis made familiar, embedded in a Go program.
+//
+// A [Primary] owns the map. Writes ([Primary.Set], [Primary.Delete]) apply
+// to it at once and are shipped to every connected [Replica] afterwards. A
+// Replica is given the primary's address and a [transport.Transport]; it
+// loads a snapshot, then applies the live stream of writes, and serves
+// reads. Replicas are read-only.
+//
+//	p, _ := replmap.NewPrimary[string]()
+//	net := transport.NewInmem()
+//	l, _ := net.Listen("primary")
+//	go p.Serve(l)
+//
+//	r, _ := replmap.NewReplica[string](net, "primary")
+//	_ = r.WaitSynced(ctx)
+//
+//	_ = p.Set("greeting", "hello")
+//	_, _ = p.Wait(1, time.Second) // until r has it
+//	v, _ := r.Get("greeting")
+//
+// # Consistency model
+//
+// Replication is asynchronous: Set returns before any replica has the
+// write, and a crash of the primary loses the writes its replicas had not
+// received. [Primary.Wait] blocks until n replicas acknowledge every
+// earlier write and reports how many did; it narrows that window but does
+// not close it, and it does not make the system linearizable across a
+// failover (there is no failover here: replicas never become primaries).
+//
+// Every write has an offset: the byte position of its record in the
+// replication stream. A replica at offset o serves exactly the primary's
+// state at o. Its reads are monotonic: once a write is visible, no older
+// value of that key comes back, across reconnects and resyncs. After the
+// primary stops writing and the links are up, every replica converges to
+// the primary's exact data and offset.
+//
+// A replica that loses its link reconnects and asks to continue from its
+// offset. While the primary's backlog ([WithBacklogSize]) still holds the
+// stream from there, only the missing tail is sent (a partial resync);
+// otherwise the replica receives a new snapshot (a full sync), loads it
+// aside, and swaps it in atomically, serving its old data until then.
+//
+// # Lifecycle
+//
+// NewPrimary returns a Primary with an empty map; Serve accepts replicas
+// on a listener until Close. NewReplica starts syncing in the background
+// at once and retries failed connections until Close; WaitSynced waits for
+// the first sync. Close on either stops every goroutine it started before
+// returning, and may be called more than once. Reads keep working after
+// Close; writes and Wait return [ErrClosed].
+//
+// # Errors
+//
+// Errors are sentinel values ([ErrClosed], [ErrReadOnly], [ErrTooLarge],
+// [ErrProtocol], [ErrChecksum], [ErrVersion], [ErrReplicaTooSlow],
+// [ErrLinkTimeout], [ErrInvalidOption]), usually wrapped with detail: test
+// them with [errors.Is]. A link's failure is a [*LinkError]. Failures in
+// the background, which no caller can receive, go to the [log/slog] logger
+// given with [WithLogger] and show in [Primary.Info] and [Replica.Info].
+//
+// Bytes from the network are distrusted: every frame carries a CRC-32C,
+// every declared length is checked against the limits and the bytes that
+// really arrived before anything is allocated for it, and a snapshot is
+// verified whole before it is served. Bad input drops the link with an
+// error; the replica resyncs.
+//
+// # Concurrency
+//
+// Every method of Primary and Replica is safe for concurrent use. Values
+// are shared, not copied: a value handed to Set, or returned by Get, must
+// not be changed. Writes on a Primary are serialised in a short critical
+// section; reads take a per-shard read lock and never wait for the
+// network. A snapshot walk holds one shard's lock at a time, so it never
+// stops writers.
+package replmap

@@ -1,0 +1,404 @@
+package replmap
+
+// The wire format. Frozen like a file format: change it only together with
+// protocolVersion.
+//
+// Every frame, in both directions, is
+//
+//	length  uint32, big-endian: bytes in type and payload (at least 1)
+//	type    byte
+//	payload length-1 bytes
+//	crc     uint32, big-endian: CRC-32C (Castagnoli) of length, type and payload
+//
+// so a frame occupies length+8 bytes. Integers inside payloads are
+// big-endian fixed width (u16, u32, u64) or unsigned varints (uv, as
+// encoding/binary); a string is a uv length followed by its bytes.
+//
+// Replica to primary:
+//
+//	HELLO 'H'   u16 version, str replID ("" for none), u64 offset, str replica ID
+//	ACK   'A'   u64 offset of the last write applied
+//	PING  'P'   (empty) keep-alive while syncing
+//
+// Primary to replica:
+//
+//	FULL     'F'  str replID, u64 offset O the snapshot starts from
+//	CHUNK    'K'  snapshot entries: uv key length, key, uv value length, value
+//	END      'E'  u64 entry count, u32 CRC-32C of all CHUNK payloads, u64 offset E
+//	CONTINUE 'C'  str replID, u64 offset the stream resumes from
+//	SET      's'  uv key length, key, value (the rest of the payload)
+//	DEL      'd'  key (the whole payload)
+//	PING     'P'  (empty) keep-alive on an idle link
+//	GETACK   'G'  (empty) asks for an ACK now
+//	ERROR    'X'  u16 error code; the primary closes the link after it
+//
+// Values are msgpack (github.com/hashicorp/go-msgpack). SET and DEL are data
+// records: the replication offset counts their whole frames, length prefix
+// to CRC, and nothing else. A full sync is FULL, CHUNKs, END, then the data
+// records from O on; the snapshot walk may already contain some writes
+// after O, so the replica keeps the loaded data aside until it has applied
+// the stream up to E, when it matches the primary at E exactly, and only
+// then swaps it in.
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+	"slices"
+	"time"
+)
+
+const (
+	protocolVersion = 1
+
+	frameHeaderSize = 5 // length + type
+	frameCRCSize    = 4
+	frameOverhead   = frameHeaderSize + frameCRCSize
+
+	// maxRecordOverhead bounds what a SET frame adds to its key and value:
+	// the frame overhead and the key's varint length.
+	maxRecordOverhead = frameOverhead + binary.MaxVarintLen64
+
+	// readChunk is how much a frame reader allocates at a time for a frame
+	// whose bytes have not arrived yet, so a hostile length prefix costs at
+	// most this much before the bytes are there.
+	readChunk = 64 << 10
+
+	// snapshotChunkSize is the payload size at which a CHUNK frame is sent.
+	snapshotChunkSize = 64 << 10
+)
+
+type frameType byte
+
+const (
+	frameHello    frameType = 'H'
+	frameAck      frameType = 'A'
+	framePing     frameType = 'P'
+	frameFull     frameType = 'F'
+	frameChunk    frameType = 'K'
+	frameEnd      frameType = 'E'
+	frameContinue frameType = 'C'
+	frameSet      frameType = 's'
+	frameDel      frameType = 'd'
+	frameGetAck   frameType = 'G'
+	frameError    frameType = 'X'
+)
+
+func (t frameType) String() string {
+	switch t {
+	case frameHello:
+		return "HELLO"
+	case frameAck:
+		return "ACK"
+	case framePing:
+		return "PING"
+	case frameFull:
+		return "FULL"
+	case frameChunk:
+		return "CHUNK"
+	case frameEnd:
+		return "END"
+	case frameContinue:
+		return "CONTINUE"
+	case frameSet:
+		return "SET"
+	case frameDel:
+		return "DEL"
+	case frameGetAck:
+		return "GETACK"
+	case frameError:
+		return "ERROR"
+	}
+	return fmt.Sprintf("frame type 0x%02x", byte(t))
+}
+
+// Error codes carried by ERROR frames, so that errors are never rebuilt
+// from text received off the wire.
+const (
+	codeVersion  uint16 = 1 // the replica's protocol version is not spoken
+	codeProtocol uint16 = 2 // the replica broke the protocol
+	codeTooSlow  uint16 = 3 // the replica fell behind the buffer limit
+)
+
+func codeError(code uint16) error {
+	switch code {
+	case codeVersion:
+		return ErrVersion
+	case codeTooSlow:
+		return ErrReplicaTooSlow
+	default:
+		return fmt.Errorf("%w: primary reported error code %d", ErrProtocol, code)
+	}
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// beginFrame appends a frame header of type t to dst with the length left
+// blank; endFrame fills it in and appends the CRC. The payload is appended
+// in between, directly into dst.
+func beginFrame(dst []byte, t frameType) []byte {
+	return append(dst, 0, 0, 0, 0, byte(t))
+}
+
+// endFrame completes the frame that starts at dst[start:].
+func endFrame(dst []byte, start int) []byte {
+	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-4))
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+}
+
+// appendFrame appends a whole frame with the given payload.
+func appendFrame(dst []byte, t frameType, payload []byte) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, t)
+	dst = append(dst, payload...)
+	return endFrame(dst, start)
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// frameReader reads frames off a connection, checking every length before
+// it allocates and every CRC before it returns a payload.
+type frameReader struct {
+	r     *bufio.Reader
+	max   int // largest length accepted (type + payload)
+	buf   []byte
+	total uint64 // bytes consumed
+}
+
+func newFrameReader(r io.Reader, maxFrame int) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 64<<10), max: maxFrame + 1}
+}
+
+// next returns the next frame's type and payload and its size on the wire.
+// The payload is valid until the next call.
+func (fr *frameReader) next() (frameType, []byte, int, error) {
+	var hdr [frameHeaderSize]byte
+	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
+		return 0, nil, 0, err
+	}
+	n := int(binary.BigEndian.Uint32(hdr[:4]))
+	if n < 1 {
+		return 0, nil, 0, fmt.Errorf("%w: zero-length frame", ErrProtocol)
+	}
+	if n > fr.max {
+		return 0, nil, 0, fmt.Errorf("%w: frame of %d bytes exceeds the %d-byte limit", ErrTooLarge, n, fr.max-1)
+	}
+	// Read payload and CRC, growing the buffer only as bytes arrive.
+	want := n - 1 + frameCRCSize
+	fr.buf = fr.buf[:0]
+	for len(fr.buf) < want {
+		step := min(want-len(fr.buf), readChunk)
+		fr.buf = slices.Grow(fr.buf, step)
+		m, err := io.ReadFull(fr.r, fr.buf[len(fr.buf):len(fr.buf)+step])
+		fr.buf = fr.buf[:len(fr.buf)+m]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, nil, 0, err
+		}
+	}
+	payload := fr.buf[:n-1]
+	crc := crc32.Update(crc32.Checksum(hdr[:], castagnoli), castagnoli, payload)
+	if got := binary.BigEndian.Uint32(fr.buf[n-1:]); got != crc {
+		return 0, nil, 0, fmt.Errorf("%w: %s frame", ErrChecksum, frameType(hdr[4]))
+	}
+	size := n + 4 + frameCRCSize
+	fr.total += uint64(size)
+	return frameType(hdr[4]), payload, size, nil
+}
+
+// parser decodes a payload. The first failure sticks: later calls return
+// zero values, and err reports what was wrong.
+type parser struct {
+	b   []byte
+	err error
+}
+
+func (p *parser) fail(what string) {
+	if p.err == nil {
+		p.err = fmt.Errorf("%w: truncated or malformed %s", ErrProtocol, what)
+	}
+}
+
+func (p *parser) u16(what string) uint16 {
+	if p.err != nil || len(p.b) < 2 {
+		p.fail(what)
+		return 0
+	}
+	v := binary.BigEndian.Uint16(p.b)
+	p.b = p.b[2:]
+	return v
+}
+
+func (p *parser) u32(what string) uint32 {
+	if p.err != nil || len(p.b) < 4 {
+		p.fail(what)
+		return 0
+	}
+	v := binary.BigEndian.Uint32(p.b)
+	p.b = p.b[4:]
+	return v
+}
+
+func (p *parser) u64(what string) uint64 {
+	if p.err != nil || len(p.b) < 8 {
+		p.fail(what)
+		return 0
+	}
+	v := binary.BigEndian.Uint64(p.b)
+	p.b = p.b[8:]
+	return v
+}
+
+// bytes returns a length-prefixed byte string of at most limit bytes,
+// aliasing the payload.
+func (p *parser) bytes(what string, limit int) []byte {
+	if p.err != nil {
+		return nil
+	}
+	n, k := binary.Uvarint(p.b)
+	if k <= 0 || n > uint64(len(p.b)-k) {
+		p.fail(what)
+		return nil
+	}
+	if n > uint64(limit) {
+		p.err = fmt.Errorf("%w: %s of %d bytes exceeds the %d-byte limit", ErrTooLarge, what, n, limit)
+		return nil
+	}
+	b := p.b[k : k+int(n)]
+	p.b = p.b[k+int(n):]
+	return b
+}
+
+// end reports an error if bytes are left over.
+func (p *parser) end(what string) error {
+	if p.err == nil && len(p.b) != 0 {
+		p.err = fmt.Errorf("%w: %d stray bytes after %s", ErrProtocol, len(p.b), what)
+	}
+	return p.err
+}
+
+// maxIDLen bounds replication IDs and replica names on the wire.
+const maxIDLen = 256
+
+type hello struct {
+	version uint16
+	replID  string
+	offset  uint64
+	name    string
+}
+
+func appendHello(dst []byte, h hello) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, frameHello)
+	dst = binary.BigEndian.AppendUint16(dst, h.version)
+	dst = appendString(dst, h.replID)
+	dst = binary.BigEndian.AppendUint64(dst, h.offset)
+	dst = appendString(dst, h.name)
+	return endFrame(dst, start)
+}
+
+func parseHello(b []byte) (hello, error) {
+	p := parser{b: b}
+	var h hello
+	h.version = p.u16("HELLO version")
+	if p.err == nil && h.version != protocolVersion {
+		// Do not parse further: a later version may lay out the rest differently.
+		return h, fmt.Errorf("%w: replica speaks version %d, primary %d", ErrVersion, h.version, protocolVersion)
+	}
+	h.replID = string(p.bytes("HELLO replication ID", maxIDLen))
+	h.offset = p.u64("HELLO offset")
+	h.name = string(p.bytes("HELLO replica ID", maxIDLen))
+	return h, p.end("HELLO")
+}
+
+// appendSyncStart appends a FULL or CONTINUE frame: both carry a
+// replication ID and an offset.
+func appendSyncStart(dst []byte, t frameType, replID string, offset uint64) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, t)
+	dst = appendString(dst, replID)
+	dst = binary.BigEndian.AppendUint64(dst, offset)
+	return endFrame(dst, start)
+}
+
+func parseSyncStart(t frameType, b []byte) (replID string, offset uint64, err error) {
+	p := parser{b: b}
+	replID = string(p.bytes(t.String()+" replication ID", maxIDLen))
+	offset = p.u64(t.String() + " offset")
+	return replID, offset, p.end(t.String())
+}
+
+type snapshotEnd struct {
+	count  uint64
+	crc    uint32
+	offset uint64
+}
+
+func appendSnapshotEnd(dst []byte, e snapshotEnd) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, frameEnd)
+	dst = binary.BigEndian.AppendUint64(dst, e.count)
+	dst = binary.BigEndian.AppendUint32(dst, e.crc)
+	dst = binary.BigEndian.AppendUint64(dst, e.offset)
+	return endFrame(dst, start)
+}
+
+func parseSnapshotEnd(b []byte) (snapshotEnd, error) {
+	p := parser{b: b}
+	e := snapshotEnd{count: p.u64("END count"), crc: p.u32("END checksum"), offset: p.u64("END offset")}
+	return e, p.end("END")
+}
+
+func appendU64Frame(dst []byte, t frameType, v uint64) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, t)
+	dst = binary.BigEndian.AppendUint64(dst, v)
+	return endFrame(dst, start)
+}
+
+func parseU64Frame(t frameType, b []byte) (uint64, error) {
+	p := parser{b: b}
+	v := p.u64(t.String())
+	return v, p.end(t.String())
+}
+
+func appendErrorFrame(dst []byte, code uint16) []byte {
+	return appendFrame(dst, frameError, binary.BigEndian.AppendUint16(nil, code))
+}
+
+func parseErrorFrame(b []byte) (uint16, error) {
+	p := parser{b: b}
+	code := p.u16("ERROR code")
+	return code, p.end("ERROR")
+}
+
+// deadlineConn sets a fresh deadline before every read or write that
+// reaches the connection, so a peer that goes silent, or stops reading,
+// fails the link after the timeout instead of blocking it forever. It sits
+// under the bufio layers, so the cost is per system call, not per frame.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c deadlineConn) Read(b []byte) (int, error) {
+	if err := c.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c deadlineConn) Write(b []byte) (int, error) {
+	if err := c.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}

@@ -1,0 +1,351 @@
+package replmap
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/replmap/replmap/transport"
+)
+
+// rawFrame builds a frame by hand, optionally lying about its length.
+func rawFrame(t frameType, payload []byte) []byte { return appendFrame(nil, t, payload) }
+
+func corruptCRC(frame []byte) []byte {
+	f := bytes.Clone(frame)
+	f[len(f)-1] ^= 0x40
+	return f
+}
+
+// fakePrimary accepts replica connections on addr and lets the test speak
+// the protocol by hand.
+type fakePrimary struct {
+	t    *testing.T // the current (sub)test, for assertions
+	root *testing.T // the test that owns the connections
+	l    net.Listener
+	conn net.Conn
+	fr   *frameReader
+}
+
+func newFakePrimary(t *testing.T, tr *transport.Inmem, addr string) *fakePrimary {
+	l, err := tr.Listen(addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return &fakePrimary{t: t, root: t, l: l}
+}
+
+// accept takes the next replica connection and reads its HELLO.
+func (f *fakePrimary) accept() hello {
+	f.t.Helper()
+	if f.conn != nil {
+		f.conn.Close()
+	}
+	conn, err := f.l.Accept()
+	require.NoError(f.t, err)
+	f.root.Cleanup(func() { conn.Close() })
+	f.conn = conn
+	f.fr = newFrameReader(conn, DefaultMaxFrameSize)
+	h, err := readHello(f.fr)
+	require.NoError(f.t, err)
+	return h
+}
+
+func (f *fakePrimary) send(frames ...[]byte) {
+	f.t.Helper()
+	for _, b := range frames {
+		_, err := f.conn.Write(b)
+		require.NoError(f.t, err)
+	}
+}
+
+// fullSync sends a valid snapshot of data at offset 0.
+func (f *fakePrimary) fullSync(replID string, data map[string]int) {
+	f.t.Helper()
+	var buf bytes.Buffer
+	buf.Write(appendSyncStart(nil, frameFull, replID, 0))
+	sw := snapshotWriter{w: &buf}
+	for k, v := range data {
+		require.NoError(f.t, addEntry(&sw, k, v))
+	}
+	require.NoError(f.t, sw.finish(0))
+	f.send(buf.Bytes())
+}
+
+// dropped waits for the replica to close the link.
+func (f *fakePrimary) dropped() {
+	f.t.Helper()
+	require.NoError(f.t, f.conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err := io.Copy(io.Discard, f.conn)
+	require.NoError(f.t, err, "the replica should close the link, not go silent")
+}
+
+func setFrame(t *testing.T, key string, v int) []byte {
+	b, err := appendSetFrame(nil, key, v, DefaultMaxValueSize)
+	require.NoError(t, err)
+	return b
+}
+
+// TestHostilePrimary feeds a replica bad frames after a good sync: each one
+// drops the link with a clear error, leaves the served data untouched, and
+// the replica comes back asking to continue from where it was.
+func TestHostilePrimary(t *testing.T) {
+	hugeLen := binary.BigEndian.AppendUint32(nil, 0xfffffff0)
+	hugeLen = append(hugeLen, byte(frameSet), 1, 2, 3)
+	badKeyLen := rawFrame(frameSet, binary.AppendUvarint(nil, 1<<40))
+	badMsgpack := rawFrame(frameSet, append(appendString(nil, "a"), 0xc1)) // 0xc1 is never used
+	hugeBin := rawFrame(frameSet, append(appendString(nil, "a"), 0xc6, 0xff, 0xff, 0xff, 0x00))
+
+	cases := []struct {
+		name  string
+		bytes []byte
+		want  error
+	}{
+		{"huge length prefix", hugeLen, ErrTooLarge},
+		{"zero length", []byte{0, 0, 0, 0, byte(frameSet)}, ErrProtocol},
+		{"flipped CRC bit", corruptCRC(setFrame(t, "a", 99)), ErrChecksum},
+		{"key length beyond frame", badKeyLen, ErrProtocol},
+		{"invalid msgpack", badMsgpack, ErrProtocol},
+		{"msgpack declares 4 GiB", hugeBin, ErrProtocol},
+		{"unknown frame type", rawFrame(0x7f, nil), ErrProtocol},
+		{"snapshot frame in stream", rawFrame(frameChunk, nil), ErrProtocol},
+		{"oversized key in DEL", rawFrame(frameDel, bytes.Repeat([]byte("k"), DefaultMaxKeySize+1)), ErrTooLarge},
+	}
+	net := transport.NewInmem()
+	fake := newFakePrimary(t, net, "fake")
+	r := startReplica[int](t, net, "fake")
+	h := fake.accept()
+	assert.Empty(t, h.replID, "a new replica presents no history")
+	fake.fullSync("feedface", map[string]int{"a": 1, "b": 2})
+	waitSynced(t, r)
+	require.Equal(t, 2, r.Len())
+
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			fake.t = t
+			fake.send(c.bytes)
+			fake.dropped()
+			waitFor(t, "error recorded", func() bool { return errors.Is(r.Info().LastError, c.want) })
+			var le *LinkError
+			assert.ErrorAs(t, r.Info().LastError, &le)
+			v, _ := r.Get("a")
+			assert.Equal(t, 1, v, "served data changed")
+			assert.Equal(t, 2, r.Len())
+			assert.Zero(t, r.Offset())
+
+			h := fake.accept()
+			assert.Equal(t, "feedface", h.replID)
+			assert.Zero(t, h.offset)
+			fake.send(appendSyncStart(nil, frameContinue, "feedface", 0))
+		})
+	}
+}
+
+// TestHostileSnapshot checks that a corrupted or lying snapshot is never
+// served.
+func TestHostileSnapshot(t *testing.T) {
+	goodChunk := func() []byte {
+		var buf bytes.Buffer
+		sw := snapshotWriter{w: &buf}
+		require.NoError(t, addEntry(&sw, "x", 5))
+		require.NoError(t, sw.flush())
+		return buf.Bytes()
+	}
+	cases := []struct {
+		name   string
+		frames [][]byte
+		want   error
+	}{
+		{"END count lies", [][]byte{goodChunk(), appendSnapshotEnd(nil, snapshotEnd{count: 2, crc: 0, offset: 0})}, ErrChecksum},
+		{"END checksum lies", [][]byte{goodChunk(), appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 1, offset: 0})}, ErrChecksum},
+		{"corrupted chunk", [][]byte{corruptCRC(goodChunk())}, ErrChecksum},
+		{"stream in snapshot", [][]byte{setFrame(t, "x", 1)}, ErrProtocol},
+		{"END before FULL offset", [][]byte{appendSyncStart(nil, frameFull, "abc", 100)}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			net := transport.NewInmem()
+			fake := newFakePrimary(t, net, "fake")
+			r := startReplica[int](t, net, "fake")
+			fake.accept()
+			if c.want == nil { // the FULL itself is in frames
+				fake.send(c.frames...)
+				fake.send(appendSnapshotEnd(nil, snapshotEnd{offset: 50}))
+				c.want = ErrProtocol
+			} else {
+				fake.send(appendSyncStart(nil, frameFull, "abc", 0))
+				fake.send(c.frames...)
+			}
+			fake.dropped()
+			waitFor(t, "error recorded", func() bool { return errors.Is(r.Info().LastError, c.want) })
+			assert.Zero(t, r.Len(), "a bad snapshot was served")
+			assert.Empty(t, r.Info().ReplID)
+			assert.Zero(t, r.Info().FullSyncs)
+		})
+	}
+}
+
+// TestHostileReplica connects fake replicas that send garbage to a real
+// primary: each is dropped, and a real replica is not disturbed.
+func TestHostileReplica(t *testing.T) {
+	net := transport.NewInmem()
+	p := startPrimary[int](t, net, "p")
+	good := startReplica[int](t, net, "p")
+	waitSynced(t, good)
+
+	helloFrame := appendHello(nil, hello{version: protocolVersion, name: "liar"})
+	hugeLen := append(binary.BigEndian.AppendUint32(nil, 0xffffffff), byte(frameHello))
+	cases := []struct {
+		name  string
+		bytes [][]byte
+	}{
+		{"garbage", [][]byte{[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")}},
+		{"huge length prefix", [][]byte{hugeLen}},
+		{"bad CRC hello", [][]byte{corruptCRC(helloFrame)}},
+		{"wrong version", [][]byte{appendHello(nil, hello{version: 99})}},
+		{"hello with huge id", [][]byte{rawFrame(frameHello, append([]byte{0, 1}, binary.AppendUvarint(nil, 1<<50)...))}},
+		{"ACK beyond sent", [][]byte{helloFrame, appendU64Frame(nil, frameAck, 1<<40)}},
+		{"SET from a replica", [][]byte{helloFrame, setFrame(t, "x", 1)}},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial(context.Background(), "p")
+			require.NoError(t, err)
+			defer conn.Close()
+			for _, b := range c.bytes {
+				_, _ = conn.Write(b)
+			}
+			require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+			_, err = io.Copy(io.Discard, conn)
+			require.NoError(t, err, "the primary should drop the link")
+
+			require.NoError(t, p.Set("k", i))
+			k, err := p.Wait(1, 10*time.Second)
+			require.NoError(t, err)
+			assert.Equal(t, 1, k, "only the real replica counts")
+			requireConverged(t, p, good)
+		})
+	}
+}
+
+// TestFrameReaderBoundsAllocation: a length prefix for a 32 MiB frame
+// whose bytes never come must not make the reader allocate for it.
+func TestFrameReaderBoundsAllocation(t *testing.T) {
+	hdr := binary.BigEndian.AppendUint32(nil, DefaultMaxFrameSize)
+	hdr = append(hdr, byte(frameSet))
+	input := append(hdr, bytes.Repeat([]byte{1}, 100)...)
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		fr := newFrameReader(bytes.NewReader(input), DefaultMaxFrameSize)
+		_, _, _, err := fr.next()
+		require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	}
+	runtime.ReadMemStats(&after)
+	perRead := (after.TotalAlloc - before.TotalAlloc) / 10
+	assert.Less(t, perRead, uint64(256<<10), "allocated %d bytes for a frame that never came", perRead)
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	frames := []struct {
+		t       frameType
+		payload []byte
+	}{{framePing, nil}, {frameSet, []byte("hello")}, {frameChunk, bytes.Repeat([]byte{7}, 200000)}}
+	for _, f := range frames {
+		buf.Write(appendFrame(nil, f.t, f.payload))
+	}
+	// One byte per Read, to catch partial-read bugs.
+	fr := newFrameReader(io.LimitReader(oneByteReader{&buf}, 1<<30), DefaultMaxFrameSize)
+	for _, f := range frames {
+		typ, payload, size, err := fr.next()
+		require.NoError(t, err)
+		assert.Equal(t, f.t, typ)
+		assert.Equal(t, len(f.payload), len(payload))
+		assert.True(t, bytes.Equal(f.payload, payload))
+		assert.Equal(t, len(f.payload)+frameOverhead, size)
+	}
+	_, _, _, err := fr.next()
+	assert.ErrorIs(t, err, io.EOF)
+}
+
+type oneByteReader struct{ r io.Reader }
+
+func (o oneByteReader) Read(b []byte) (int, error) {
+	if len(b) > 1 {
+		b = b[:1]
+	}
+	return o.r.Read(b)
+}
+
+func TestValueCodecRoundTrip(t *testing.T) {
+	for _, s := range []string{"", "x", string(bytes.Repeat([]byte("y"), 31)), string(bytes.Repeat([]byte("z"), 300)), string(bytes.Repeat([]byte("w"), 70000))} {
+		b, err := appendValue(nil, s)
+		require.NoError(t, err)
+		got, err := decodeValue[string](b)
+		require.NoError(t, err)
+		assert.Equal(t, s, got)
+		// The fast path writes what the reflective codec reads.
+		var viaCodec any
+		viaCodec, err = decodeValue[any](b)
+		require.NoError(t, err)
+		assert.Equal(t, s, viaCodec)
+	}
+	for _, n := range []int{0, 1, 255, 256, 65535, 65536, 1 << 20} {
+		in := bytes.Repeat([]byte{0xab}, n)
+		b, err := appendValue(nil, in)
+		require.NoError(t, err)
+		got, err := decodeValue[[]byte](b)
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(in, got), "len %d", n)
+	}
+	b, err := appendValue[[]byte](nil, nil)
+	require.NoError(t, err)
+	got, err := decodeValue[[]byte](b)
+	require.NoError(t, err)
+	assert.Nil(t, got)
+	_, err = decodeValue[[]byte]([]byte{0xc4, 5, 1})
+	assert.ErrorIs(t, err, ErrProtocol)
+}
+
+func TestBacklogWindowAndEviction(t *testing.T) {
+	b := newBacklog(MinBacklogSize, 4*backlogBlockSize)
+	frame := bytes.Repeat([]byte{1}, 1000)
+	c, ok := b.newCursor(0)
+	require.True(t, ok)
+	for b.end.Load() < 10*backlogBlockSize {
+		b.append(frame)
+	}
+	assert.True(t, c.evicted, "a cursor more than limit behind is evicted")
+	_, err := b.read(c, 100)
+	assert.ErrorIs(t, err, ErrReplicaTooSlow)
+	start, end := b.window()
+	assert.GreaterOrEqual(t, end-start, uint64(MinBacklogSize), "the window keeps at least size bytes")
+	assert.Less(t, end-start, uint64(MinBacklogSize+backlogBlockSize))
+	_, ok = b.newCursor(start - 1)
+	assert.False(t, ok)
+	c2, ok := b.newCursor(start)
+	require.True(t, ok)
+	var got int
+	for {
+		chunk, err := b.read(c2, 5000)
+		require.NoError(t, err)
+		if len(chunk) == 0 {
+			break
+		}
+		got += len(chunk)
+	}
+	assert.Equal(t, int(end-start), got)
+	assert.Equal(t, strconv.Itoa(int(end)), strconv.Itoa(int(c2.pos)))
+}

@@ -1,0 +1,208 @@
+package replmap
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults for the options. Each option's documentation says what it
+// governs.
+const (
+	// DefaultBacklogSize is 16 MiB. Redis defaults to 1 MiB and Valkey 8
+	// raised it to 10 MiB because small backlogs turn short network blips
+	// into full syncs. At 100k writes/s of ~100-byte records, 16 MiB covers
+	// about 1.5 s of disconnection; the memory is taken only as the stream
+	// grows, so an idle primary does not pay it.
+	DefaultBacklogSize = 16 << 20
+
+	// MinBacklogSize is the smallest backlog honoured (Redis's minimum);
+	// smaller positive sizes are raised to it.
+	MinBacklogSize = 16 << 10
+
+	// DefaultReplicaBufferLimit is how far one replica may fall behind the
+	// primary's stream (during a full sync or when it reads slowly) before
+	// the primary drops it: 256 MiB, Redis's hard client-output-buffer-limit
+	// for replicas.
+	DefaultReplicaBufferLimit = 256 << 20
+
+	// DefaultMaxKeySize is the largest key accepted: 64 KiB.
+	DefaultMaxKeySize = 64 << 10
+
+	// DefaultMaxValueSize is the largest encoded value accepted: 16 MiB.
+	DefaultMaxValueSize = 16 << 20
+
+	// DefaultMaxFrameSize is the largest wire frame accepted: 32 MiB. It
+	// must leave room for the largest key and value together.
+	DefaultMaxFrameSize = 32 << 20
+
+	// DefaultHeartbeat is how often an idle primary pings a replica and a
+	// replica acknowledges its offset: 1 s, as Redis replicas ACK.
+	DefaultHeartbeat = time.Second
+
+	// DefaultLinkTimeout is how long either end waits for a silent peer
+	// before dropping the link: 10 s.
+	DefaultLinkTimeout = 10 * time.Second
+
+	// DefaultReconnectMin and DefaultReconnectMax bound the replica's
+	// jittered exponential reconnect backoff. The first retry waits at
+	// most DefaultReconnectMin.
+	DefaultReconnectMin = 50 * time.Millisecond
+	DefaultReconnectMax = 5 * time.Second
+)
+
+// An Option configures a Primary or a Replica. Options that concern only
+// one role are ignored by the other.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+type config struct {
+	backlogSize  int
+	bufferLimit  int
+	maxKeySize   int
+	maxValueSize int
+	maxFrameSize int
+	heartbeat    time.Duration
+	linkTimeout  time.Duration
+	reconnectMin time.Duration
+	reconnectMax time.Duration
+	logger       *slog.Logger
+	replicaName  string
+}
+
+func newConfig(opts []Option) (config, error) {
+	c := config{
+		backlogSize:  DefaultBacklogSize,
+		bufferLimit:  DefaultReplicaBufferLimit,
+		maxKeySize:   DefaultMaxKeySize,
+		maxValueSize: DefaultMaxValueSize,
+		maxFrameSize: DefaultMaxFrameSize,
+		heartbeat:    DefaultHeartbeat,
+		linkTimeout:  DefaultLinkTimeout,
+		reconnectMin: DefaultReconnectMin,
+		reconnectMax: DefaultReconnectMax,
+	}
+	for _, o := range opts {
+		if o != nil {
+			o.apply(&c)
+		}
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	return c, c.validate()
+}
+
+// validate reports every problem at once.
+func (c *config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
+	}
+	if c.backlogSize <= 0 {
+		bad("backlog size %d is not positive", c.backlogSize)
+	} else if c.backlogSize < MinBacklogSize {
+		c.backlogSize = MinBacklogSize
+	}
+	if c.bufferLimit < c.backlogSize {
+		bad("replica buffer limit %d is below the backlog size %d", c.bufferLimit, c.backlogSize)
+	}
+	if c.maxKeySize <= 0 {
+		bad("max key size %d is not positive", c.maxKeySize)
+	}
+	if c.maxValueSize <= 0 {
+		bad("max value size %d is not positive", c.maxValueSize)
+	}
+	if need := c.maxKeySize + c.maxValueSize + maxRecordOverhead; c.maxFrameSize < need {
+		bad("max frame size %d cannot hold the largest key and value (%d bytes)", c.maxFrameSize, need)
+	}
+	if c.heartbeat <= 0 {
+		bad("heartbeat %v is not positive", c.heartbeat)
+	}
+	if c.linkTimeout < 3*c.heartbeat {
+		bad("link timeout %v is shorter than three heartbeats (%v)", c.linkTimeout, 3*c.heartbeat)
+	}
+	if c.reconnectMin <= 0 || c.reconnectMax < c.reconnectMin {
+		bad("reconnect backoff [%v, %v] is not a positive range", c.reconnectMin, c.reconnectMax)
+	}
+	return errors.Join(errs...)
+}
+
+// WithBacklogSize sets how many bytes of the most recent stream the primary
+// keeps so that a replica that lost its link can resume with a partial
+// resync. Positive sizes below [MinBacklogSize] are raised to it; the
+// default is [DefaultBacklogSize]. Primary only.
+func WithBacklogSize(bytes int) Option {
+	return optionFunc(func(c *config) { c.backlogSize = bytes })
+}
+
+// WithReplicaBufferLimit sets how many bytes of stream one replica may have
+// outstanding (not yet written to its link) before the primary drops it with
+// [ErrReplicaTooSlow]. A replica receiving a snapshot holds the stream
+// written since the snapshot began, so this also bounds how much writing a
+// full sync can absorb. It must be at least the backlog size; the default is
+// [DefaultReplicaBufferLimit]. Primary only.
+func WithReplicaBufferLimit(bytes int) Option {
+	return optionFunc(func(c *config) { c.bufferLimit = bytes })
+}
+
+// WithMaxKeySize sets the largest key, in bytes, that Set accepts and that a
+// replica decodes. Default [DefaultMaxKeySize].
+func WithMaxKeySize(bytes int) Option {
+	return optionFunc(func(c *config) { c.maxKeySize = bytes })
+}
+
+// WithMaxValueSize sets the largest encoded value, in bytes, that Set
+// accepts and that a replica decodes. Default [DefaultMaxValueSize].
+func WithMaxValueSize(bytes int) Option {
+	return optionFunc(func(c *config) { c.maxValueSize = bytes })
+}
+
+// WithMaxFrameSize sets the largest frame either end reads off the wire;
+// a larger declared length drops the link before anything is allocated for
+// it. Default [DefaultMaxFrameSize].
+func WithMaxFrameSize(bytes int) Option {
+	return optionFunc(func(c *config) { c.maxFrameSize = bytes })
+}
+
+// WithHeartbeat sets how often the primary pings an idle link and a replica
+// acknowledges its offset. Default [DefaultHeartbeat].
+func WithHeartbeat(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.heartbeat = d })
+}
+
+// WithLinkTimeout sets how long either end of a link waits for the peer
+// (to send anything, or to accept bytes) before dropping the link; it also
+// bounds the handshake and dialling. It must be at least three heartbeats:
+// an idle link sees a frame at least every two.
+// Default [DefaultLinkTimeout].
+func WithLinkTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.linkTimeout = d })
+}
+
+// WithReconnectBackoff sets the range of the replica's reconnect delay: the
+// first retry waits up to min, each further failure doubles the delay up to
+// max, and every delay is jittered. Defaults [DefaultReconnectMin] and
+// [DefaultReconnectMax]. Replica only.
+func WithReconnectBackoff(min, max time.Duration) Option {
+	return optionFunc(func(c *config) { c.reconnectMin, c.reconnectMax = min, max })
+}
+
+// WithLogger sets the logger for background events no caller can receive
+// (links dropped, resyncs). Nil, the default, discards them.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) { c.logger = l })
+}
+
+// WithReplicaName sets the ID a replica presents to the primary, shown in
+// [ReplicaLink.ID]. A primary holds one link per ID: a new connection with
+// the same ID replaces the old one. The default is random. Replica only.
+func WithReplicaName(name string) Option {
+	return optionFunc(func(c *config) { c.replicaName = name })
+}

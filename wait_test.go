@@ -1,0 +1,171 @@
+package replmap
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/replmap/replmap/transport"
+)
+
+func TestWaitReturnsAtOnceForNonPositiveN(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := NewPrimary[int]()
+		require.NoError(t, err)
+		defer p.Close()
+		require.NoError(t, p.Set("a", 1))
+		start := time.Now()
+		for _, n := range []int{0, -1} {
+			k, err := p.Wait(n, 0) // timeout 0 would block forever for n > 0
+			require.NoError(t, err)
+			assert.Zero(t, k)
+		}
+		k, err := p.Wait(1, -time.Second)
+		require.NoError(t, err)
+		assert.Zero(t, k)
+		assert.Zero(t, time.Since(start))
+	})
+}
+
+func TestWaitTimesOutWithNoReplicas(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := NewPrimary[int]()
+		require.NoError(t, err)
+		defer p.Close()
+		require.NoError(t, p.Set("a", 1))
+		start := time.Now()
+		k, err := p.Wait(1, 5*time.Second)
+		require.NoError(t, err, "a timeout is not an error: the count says it")
+		assert.Zero(t, k)
+		assert.Equal(t, 5*time.Second, time.Since(start))
+	})
+}
+
+func TestWaitContextHonoursCancel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := NewPrimary[int]()
+		require.NoError(t, err)
+		defer p.Close()
+		require.NoError(t, p.Set("a", 1))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := p.WaitContext(ctx, 1)
+			done <- err
+		}()
+		synctest.Wait()
+		select {
+		case <-done:
+			t.Fatal("WaitContext returned before cancel")
+		default:
+		}
+		cancel()
+		require.ErrorIs(t, <-done, context.Canceled)
+		assert.Empty(t, p.waits.waiters, "a cancelled Wait leaves nothing behind")
+	})
+}
+
+// TestWaitCountsOnlyAfterApply holds the primary's bytes back from the
+// replica: the write is not counted until the replica has applied it.
+func TestWaitCountsOnlyAfterApply(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net := transport.NewInmem()
+		p := startPrimary[int](t, net, "p")
+		r := startReplica[int](t, net, "p")
+		waitSynced(t, r)
+
+		net.Stall("p", transport.ToDialer, true)
+		require.NoError(t, p.Set("a", 1))
+		k, err := p.Wait(1, 500*time.Millisecond)
+		require.NoError(t, err)
+		assert.Zero(t, k, "the replica has not received the write")
+		_, ok := r.Get("a")
+		require.False(t, ok)
+
+		net.Stall("p", transport.ToDialer, false)
+		k, err = p.Wait(1, 0)
+		require.NoError(t, err)
+		assert.Equal(t, 1, k)
+		v, ok := r.Get("a")
+		assert.True(t, ok, "Wait counted a replica that had not applied the write")
+		assert.Equal(t, 1, v)
+	})
+}
+
+// TestWaitIsNotBoundToHeartbeat: with a one-minute heartbeat, Wait must
+// still return as soon as the replica can answer a GETACK.
+func TestWaitIsNotBoundToHeartbeat(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net := transport.NewInmem()
+		slow := []Option{WithHeartbeat(time.Minute), WithLinkTimeout(5 * time.Minute)}
+		p := startPrimary[int](t, net, "p", slow...)
+		r := startReplica[int](t, net, "p", slow...)
+		waitSynced(t, r)
+		for i := range 10 {
+			require.NoError(t, p.Set("a", i))
+			start := time.Now()
+			k, err := p.Wait(1, 0)
+			require.NoError(t, err)
+			assert.Equal(t, 1, k)
+			// In the bubble, network round trips take no time at all;
+			// only a timer (a heartbeat) would advance the clock.
+			assert.Zero(t, time.Since(start))
+		}
+	})
+}
+
+// TestStalledReplicaIsNotCounted serves two replicas on two listeners and
+// stalls one of them.
+func TestStalledReplicaIsNotCounted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net := transport.NewInmem()
+		p := startPrimary[int](t, net, "p1")
+		l2, err := net.Listen("p2")
+		require.NoError(t, err)
+		go p.Serve(l2)
+		fast := startReplica[int](t, net, "p1")
+		stalled := startReplica[int](t, net, "p2")
+		waitSynced(t, fast)
+		waitSynced(t, stalled)
+
+		net.Stall("p2", transport.ToDialer, true)
+		require.NoError(t, p.Set("a", 1))
+		k, err := p.Wait(2, time.Second)
+		require.NoError(t, err)
+		assert.Equal(t, 1, k)
+		k, err = p.Wait(1, 0)
+		require.NoError(t, err)
+		assert.Equal(t, 1, k)
+		net.Stall("p2", transport.ToDialer, false)
+		k, err = p.Wait(2, 0)
+		require.NoError(t, err)
+		assert.Equal(t, 2, k)
+	})
+}
+
+func TestConcurrentWaitersAllReturn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net := transport.NewInmem()
+		p := startPrimary[int](t, net, "p")
+		r := startReplica[int](t, net, "p")
+		waitSynced(t, r)
+		results := make(chan int, 50)
+		for i := range 50 {
+			go func() {
+				if err := p.Set("k", i); err != nil {
+					results <- -1
+					return
+				}
+				k, _ := p.Wait(1, 0)
+				results <- k
+			}()
+		}
+		for range 50 {
+			assert.Equal(t, 1, <-results)
+		}
+	})
+}
