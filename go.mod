@@ -6,6 +6,7 @@ require (
 	github.com/hashicorp/go-msgpack/v2 v2.1.5
 	github.com/stretchr/testify v1.11.1
 	go.uber.org/goleak v1.3.0
+	golang.org/x/net v0.44.0
 )
 
 require (
