@@ -1,0 +1,221 @@
+package replmap
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/replmap/replmap/transport"
+)
+
+func benchKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "key:" + strconv.Itoa(i)
+	}
+	return keys
+}
+
+func BenchmarkSet(b *testing.B) {
+	p, err := NewPrimary[[]byte]()
+	require.NoError(b, err)
+	defer p.Close()
+	keys := benchKeys(100000)
+	val := bytes.Repeat([]byte("v"), 100)
+	b.ReportAllocs()
+	b.SetBytes(100)
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if err := p.Set(keys[i%len(keys)], val); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSetParallel(b *testing.B) {
+	p, err := NewPrimary[[]byte]()
+	require.NoError(b, err)
+	defer p.Close()
+	keys := benchKeys(100000)
+	val := bytes.Repeat([]byte("v"), 100)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for i := 0; pb.Next(); i++ {
+			if err := p.Set(keys[i%len(keys)], val); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkGet(b *testing.B) {
+	p, err := NewPrimary[[]byte]()
+	require.NoError(b, err)
+	defer p.Close()
+	keys := benchKeys(100000)
+	for _, k := range keys {
+		require.NoError(b, p.Set(k, []byte("value")))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, ok := p.Get(keys[i%len(keys)]); !ok {
+			b.Fatal("missing")
+		}
+	}
+}
+
+// BenchmarkSetWith2Replicas measures Set with two in-memory replicas
+// attached, including the time for both to catch up at the end.
+func BenchmarkSetWith2Replicas(b *testing.B) {
+	net := transport.NewInmem()
+	p := startPrimary[[]byte](b, net, "p")
+	rs := []*Replica[[]byte]{startReplica[[]byte](b, net, "p"), startReplica[[]byte](b, net, "p")}
+	for _, r := range rs {
+		waitSynced(b, r)
+	}
+	keys := benchKeys(100000)
+	val := bytes.Repeat([]byte("v"), 100)
+	b.ReportAllocs()
+	b.SetBytes(100)
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if err := p.Set(keys[i%len(keys)], val); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := p.Wait(2, 0); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkWaitRoundTrip measures Set followed by Wait(1, 0) with one
+// in-memory replica: one GETACK/ACK round trip per op.
+func BenchmarkWaitRoundTrip(b *testing.B) {
+	net := transport.NewInmem()
+	p := startPrimary[[]byte](b, net, "p")
+	r := startReplica[[]byte](b, net, "p")
+	waitSynced(b, r)
+	val := []byte("value")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if err := p.Set("k", val); err != nil {
+			b.Fatal(err)
+		}
+		if k, err := p.Wait(1, 0); err != nil || k != 1 {
+			b.Fatal(k, err)
+		}
+	}
+}
+
+// BenchmarkFullSync100k measures a new replica's full sync of 100k keys
+// with 100-byte values over Inmem, until WaitSynced returns.
+func BenchmarkFullSync100k(b *testing.B) {
+	net := transport.NewInmem()
+	p := startPrimary[[]byte](b, net, "p")
+	val := bytes.Repeat([]byte("v"), 100)
+	for _, k := range benchKeys(100000) {
+		require.NoError(b, p.Set(k, val))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		r, err := NewReplica[[]byte](net, "p")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.WaitSynced(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		r.Close()
+		b.StartTimer()
+	}
+}
+
+func BenchmarkFrameEncode(b *testing.B) {
+	val := bytes.Repeat([]byte("v"), 100)
+	buf := make([]byte, 0, 256)
+	b.ReportAllocs()
+	for b.Loop() {
+		var err error
+		buf, err = appendSetFrame(buf[:0], "key:12345", val, DefaultMaxValueSize)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(int64(len(buf)))
+}
+
+func BenchmarkFrameDecode(b *testing.B) {
+	frame, err := appendSetFrame(nil, "key:12345", bytes.Repeat([]byte("v"), 100), DefaultMaxValueSize)
+	require.NoError(b, err)
+	stream := bytes.Repeat(frame, 1000)
+	rd := bytes.NewReader(stream)
+	fr := newFrameReader(rd, DefaultMaxFrameSize)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(frame)))
+	for b.Loop() {
+		if _, _, _, err := fr.next(); err == io.EOF {
+			rd.Reset(stream)
+			fr = newFrameReader(rd, DefaultMaxFrameSize)
+		} else if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSnapshot measures snapshot encoding and loading in MB/s.
+func BenchmarkSnapshot(b *testing.B) {
+	val := bytes.Repeat([]byte("v"), 100)
+	keys := benchKeys(10000)
+	var enc bytes.Buffer
+	sw := snapshotWriter{w: &enc}
+	for _, k := range keys {
+		require.NoError(b, addEntry(&sw, k, val))
+	}
+	require.NoError(b, sw.flush())
+	snapshot := enc.Bytes()
+
+	b.Run("write", func(b *testing.B) {
+		b.SetBytes(int64(len(snapshot)))
+		b.ReportAllocs()
+		for b.Loop() {
+			sw := snapshotWriter{w: io.Discard}
+			for _, k := range keys {
+				if err := addEntry(&sw, k, val); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := sw.flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("read", func(b *testing.B) {
+		b.SetBytes(int64(len(snapshot)))
+		b.ReportAllocs()
+		for b.Loop() {
+			fr := newFrameReader(bytes.NewReader(snapshot), DefaultMaxFrameSize)
+			loader := newSnapshotLoader[[]byte](DefaultMaxKeySize, DefaultMaxValueSize)
+			for {
+				_, payload, _, err := fr.next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := loader.chunk(payload); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
