@@ -1,0 +1,161 @@
+package replmap
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"runtime"
+	"testing"
+	"testing/iotest"
+)
+
+// checkAlloc fails if running f allocated more than limit bytes.
+func checkAlloc(t *testing.T, limit uint64, f func()) {
+	t.Helper()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > limit {
+		t.Fatalf("allocated %d bytes, limit %d", got, limit)
+	}
+}
+
+// FuzzFrameReader feeds arbitrary bytes, in two halves and a byte at a
+// time, to the frame reader: it must never panic, must read the same
+// frames however the input is split, and must not allocate far beyond the
+// input (plus its fixed buffers).
+func FuzzFrameReader(f *testing.F) {
+	f.Add(appendFrame(nil, frameSet, []byte("payload")), 3)
+	f.Add(append(appendFrame(nil, framePing, nil), appendHello(nil, hello{version: 1, replID: "x", name: "y"})...), 7)
+	f.Add(binary.BigEndian.AppendUint32(nil, 0xffffffff), 2)
+	f.Add([]byte{0, 0, 0, 0, 's'}, 1)
+	f.Fuzz(func(t *testing.T, data []byte, split int) {
+		read := func(r io.Reader) (frames [][]byte, err error) {
+			fr := newFrameReader(r, 1<<20)
+			for {
+				typ, payload, size, err := fr.next()
+				if err != nil {
+					return frames, err
+				}
+				if size != len(payload)+frameOverhead {
+					t.Fatalf("size %d for a %d-byte payload", size, len(payload))
+				}
+				frames = append(frames, append([]byte{byte(typ)}, payload...))
+			}
+		}
+		var whole [][]byte
+		var wholeErr error
+		checkAlloc(t, uint64(4*len(data))+512<<10, func() { whole, wholeErr = read(bytes.NewReader(data)) })
+		if split < 0 {
+			split = -split
+		}
+		split %= len(data) + 1
+		halves := io.MultiReader(bytes.NewReader(data[:split]), bytes.NewReader(data[split:]))
+		got, err := read(halves)
+		if !equalFrames(whole, got) || !errors.Is(err, wholeErr) && (err == nil) != (wholeErr == nil) {
+			t.Fatalf("split read differs: %d vs %d frames, %v vs %v", len(whole), len(got), wholeErr, err)
+		}
+		got, _ = read(iotest.OneByteReader(bytes.NewReader(data)))
+		if !equalFrames(whole, got) {
+			t.Fatalf("byte-at-a-time read differs")
+		}
+		// Round trip: re-encoding what was read reproduces the input's prefix.
+		var re []byte
+		for _, fr := range whole {
+			re = appendFrame(re, frameType(fr[0]), fr[1:])
+		}
+		if !bytes.HasPrefix(data, re) {
+			t.Fatalf("re-encoded frames are not the input")
+		}
+	})
+}
+
+func equalFrames(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzHandshake parses arbitrary HELLO, FULL/CONTINUE, END, ACK and ERROR
+// payloads: errors, never panics, and round trips what parses.
+func FuzzHandshake(f *testing.F) {
+	f.Add(appendHello(nil, hello{version: 1, replID: "abc", offset: 7, name: "r"})[5:])
+	f.Add(appendSyncStart(nil, frameFull, "abc", 99)[5:])
+	f.Add(appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 2, offset: 3})[5:])
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		// Varints may arrive in non-canonical form, so the round trip
+		// compares values: parse, encode, parse again.
+		if h, err := parseHello(payload); err == nil {
+			re := appendHello(nil, h)
+			if h2, err := parseHello(re[5 : len(re)-4]); err != nil || h2 != h {
+				t.Fatalf("HELLO round trip: %+v vs %+v (%v)", h, h2, err)
+			}
+		}
+		if id, off, err := parseSyncStart(frameFull, payload); err == nil {
+			re := appendSyncStart(nil, frameFull, id, off)
+			if id2, off2, err := parseSyncStart(frameFull, re[5:len(re)-4]); err != nil || id2 != id || off2 != off {
+				t.Fatalf("FULL round trip differs")
+			}
+		}
+		if e, err := parseSnapshotEnd(payload); err == nil {
+			if re := appendSnapshotEnd(nil, e); !bytes.Equal(re[5:len(re)-4], payload) {
+				t.Fatalf("END round trip differs")
+			}
+		}
+		_, _ = parseU64Frame(frameAck, payload)
+		_, _ = parseErrorFrame(payload)
+	})
+}
+
+// FuzzSnapshotChunk loads arbitrary CHUNK payloads for a few value types:
+// errors, never panics, bounded allocation.
+func FuzzSnapshotChunk(f *testing.F) {
+	var buf bytes.Buffer
+	sw := snapshotWriter{w: &buf}
+	_ = addEntry(&sw, "k", map[string]any{"a": 1, "b": []any{"x", 2.5}})
+	_ = addEntry(&sw, "k2", "str")
+	_ = sw.flush()
+	f.Add(buf.Bytes()[5 : buf.Len()-4])
+	f.Add([]byte{1, 'k', 5, 0xc6, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{1, 'k', 5, 0xdd, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		limit := uint64(64*len(payload)) + 1<<20
+		checkAlloc(t, limit, func() { _ = newSnapshotLoader[any](1024, 1<<20).chunk(payload) })
+		checkAlloc(t, limit, func() { _ = newSnapshotLoader[[]byte](1024, 1<<20).chunk(payload) })
+		checkAlloc(t, limit, func() { _ = newSnapshotLoader[map[string][]int](1024, 1<<20).chunk(payload) })
+	})
+}
+
+// FuzzStreamRecord decodes arbitrary SET payloads as a replica would:
+// errors, never panics, and round trips what decodes.
+func FuzzStreamRecord(f *testing.F) {
+	frame, _ := appendSetFrame(nil, "key", []byte("value"), 1<<20)
+	f.Add(frame[5 : len(frame)-4])
+	frame, _ = appendSetFrame(nil, "key", "value", 1<<20)
+	f.Add(frame[5 : len(frame)-4])
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		key, raw, err := parseSet(payload, 1024, 1<<20)
+		if err != nil {
+			return
+		}
+		if v, err := decodeValue[[]byte](raw); err == nil {
+			re, err := appendSetFrame(nil, string(key), v, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v != nil && !bytes.Equal(re[5:len(re)-4], payload) && len(raw) > 0 && raw[0] == 0xc4 {
+				t.Fatalf("bin8 SET round trip differs")
+			}
+		}
+		_, _ = decodeValue[string](raw)
+		checkAlloc(t, uint64(64*len(raw))+1<<20, func() { _, _ = decodeValue[any](raw) })
+	})
+}
