@@ -8,7 +8,7 @@
 // replicas acknowledged it; each replica reports what it holds. Stop the
 // primary and restart it to watch replicas reconnect and full-sync its new
 // history; stop a replica for a moment to watch it resume with a partial
-// resync. Ctrl-C stops either cleanly.
+// resync. Ctrl-C (or SIGTERM) stops either cleanly.
 package main
 
 import (
@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/replmap/replmap"
@@ -27,7 +28,7 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "tcp:", err)
