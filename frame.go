@@ -380,6 +380,15 @@ func parseErrorFrame(b []byte) (uint16, error) {
 	return code, p.end("ERROR")
 }
 
+// errorFromFrame returns the error an ERROR frame from the primary reports.
+func errorFromFrame(payload []byte) error {
+	code, err := parseErrorFrame(payload)
+	if err != nil {
+		return err
+	}
+	return codeError(code)
+}
+
 // deadlineConn sets a fresh deadline before every read or write that
 // reaches the connection, so a peer that goes silent, or stops reading,
 // fails the link after the timeout instead of blocking it forever. It sits

@@ -40,6 +40,14 @@ func fastOpts(t testing.TB) []Option {
 // the cleanup also checks that Serve returned ErrClosed.
 func startPrimary[V any](t testing.TB, tr transport.Transport, addr string, opts ...Option) *Primary[V] {
 	t.Helper()
+	p, _ := startPrimaryAddr[V](t, tr, addr, opts...)
+	return p
+}
+
+// startPrimaryAddr is startPrimary that also returns the address the
+// listener got (for "127.0.0.1:0").
+func startPrimaryAddr[V any](t testing.TB, tr transport.Transport, addr string, opts ...Option) (*Primary[V], string) {
+	t.Helper()
 	p, err := NewPrimary[V](append(fastOpts(t), opts...)...)
 	require.NoError(t, err)
 	l, err := tr.Listen(addr)
@@ -50,7 +58,7 @@ func startPrimary[V any](t testing.TB, tr transport.Transport, addr string, opts
 		assert.NoError(t, p.Close())
 		assert.ErrorIs(t, <-served, ErrClosed)
 	})
-	return p
+	return p, l.Addr().String()
 }
 
 // startReplica starts a Replica of addr, closed at cleanup.

@@ -316,11 +316,7 @@ func (s *replicaSession[V]) receive() error {
 			return linkError("sync", r.addr, err)
 		}
 	case frameError:
-		code, err := parseErrorFrame(payload)
-		if err == nil {
-			err = codeError(code)
-		}
-		return linkError("handshake", r.addr, err)
+		return linkError("handshake", r.addr, errorFromFrame(payload))
 	default:
 		return linkError("handshake", r.addr, fmt.Errorf("%w: unexpected %s in handshake", ErrProtocol, t))
 	}
@@ -434,11 +430,7 @@ func (s *replicaSession[V]) stream() error {
 			default:
 			}
 		case frameError:
-			code, err := parseErrorFrame(payload)
-			if err == nil {
-				err = codeError(code)
-			}
-			return err
+			return errorFromFrame(payload)
 		default:
 			return fmt.Errorf("%w: unexpected %s in stream", ErrProtocol, t)
 		}

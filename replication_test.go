@@ -336,19 +336,10 @@ func TestThreeReplicasUnderConcurrentWriters(t *testing.T) {
 
 func TestTCPEndToEnd(t *testing.T) {
 	tcp := transport.NewTCP()
-	p, err := NewPrimary[string](fastOpts(t)...)
-	require.NoError(t, err)
-	l, err := tcp.Listen("127.0.0.1:0")
-	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(l) }()
-	defer func() {
-		require.NoError(t, p.Close())
-		require.ErrorIs(t, <-served, ErrClosed)
-	}()
+	p, addr := startPrimaryAddr[string](t, tcp, "127.0.0.1:0")
 	require.NoError(t, p.Set("before", "1"))
 
-	r := startReplica[string](t, tcp, l.Addr().String())
+	r := startReplica[string](t, tcp, addr)
 	waitSynced(t, r)
 	require.NoError(t, p.Set("after", "2"))
 	k, err := p.Wait(1, 10*time.Second)
