@@ -38,6 +38,7 @@ type backlog struct {
 type cursor struct {
 	pos     uint64 // next offset to read
 	evicted bool   // fell more than limit behind
+	onEvict func() // called once, under the backlog's lock, on eviction
 }
 
 func newBacklog(size, limit int) *backlog {
@@ -75,6 +76,9 @@ func (b *backlog) trim(end uint64) {
 		}
 		if end-c.pos > b.limit {
 			c.evicted = true
+			if c.onEvict != nil {
+				c.onEvict()
+			}
 			continue
 		}
 		keep = c.pos
@@ -99,13 +103,15 @@ func (b *backlog) window() (start, end uint64) {
 }
 
 // newCursor returns a cursor at pos, or false if pos is outside the window.
-func (b *backlog) newCursor(pos uint64) (*cursor, bool) {
+// onEvict, if not nil, is called when the cursor is evicted; it must not
+// block or call back into the backlog.
+func (b *backlog) newCursor(pos uint64, onEvict func()) (*cursor, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if pos < b.start || pos > b.end.Load() {
 		return nil, false
 	}
-	c := &cursor{pos: pos}
+	c := &cursor{pos: pos, onEvict: onEvict}
 	b.cursors[c] = struct{}{}
 	return c, true
 }

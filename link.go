@@ -38,6 +38,10 @@ type link[V any] struct {
 	connectedAt time.Time
 }
 
+// evict drops a link that fell more than the buffer limit behind, at once:
+// its sender may be blocked writing to a replica that stopped reading.
+func (l *link[V]) evict() { l.cancel(ErrReplicaTooSlow) }
+
 // acked returns the offset the replica acknowledged, if it has.
 func (l *link[V]) acked() (uint64, bool) {
 	a := l.ack.Load()
@@ -97,7 +101,7 @@ func (p *Primary[V]) serveLink(conn net.Conn) {
 	}
 	l.ack.Store(-1)
 	if h.replID == p.replID {
-		if c, ok := p.backlog.newCursor(h.offset); ok {
+		if c, ok := p.backlog.newCursor(h.offset, l.evict); ok {
 			l.cur = c
 			l.sent.Store(h.offset)
 		}

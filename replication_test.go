@@ -407,3 +407,27 @@ func TestWaitSyncedReturnsErrClosed(t *testing.T) {
 	require.ErrorIs(t, r2.WaitSynced(ctx), context.Canceled)
 	assert.Contains(t, []ReplicaState{StateConnecting}, r2.Info().State)
 }
+
+// TestStuckReplicaIsDropped: a replica that stops reading is dropped as
+// soon as it is more than the buffer limit behind, the primary's backlog
+// stays bounded, and the replica full-syncs when it reads again.
+func TestStuckReplicaIsDropped(t *testing.T) {
+	const limit = 256 << 10
+	net := transport.NewInmem()
+	p := startPrimary[[]byte](t, net, "p", WithBacklogSize(MinBacklogSize), WithReplicaBufferLimit(limit))
+	r := startReplica[[]byte](t, net, "p")
+	waitSynced(t, r)
+
+	net.Refuse("p", true) // once dropped, stay away until released
+	net.Stall("p", transport.ToDialer, true)
+	val := make([]byte, 1000)
+	for i := 0; i < 4000; i++ { // 4 MB: more than the pipe buffer and the limit
+		require.NoError(t, p.Set("k"+strconv.Itoa(i%100), val))
+		assert.LessOrEqual(t, p.Info().BacklogBytes, limit+2*backlogBlockSize, "the backlog grew past the limit")
+	}
+	waitFor(t, "stuck replica dropped", func() bool { return len(p.Info().Replicas) == 0 })
+	net.Stall("p", transport.ToDialer, false)
+	net.Refuse("p", false)
+	requireConverged(t, p, r)
+	assert.Equal(t, uint64(2), p.Info().FullSyncs, "the dropped replica full-syncs")
+}

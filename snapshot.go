@@ -22,7 +22,7 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w io.Writer) error {
 	p := l.p
 	p.writeMu.Lock()
 	from := p.backlog.end.Load()
-	cur, _ := p.backlog.newCursor(from) // the end is always inside the window
+	cur, _ := p.backlog.newCursor(from, l.evict) // the end is always inside the window
 	p.writeMu.Unlock()
 	l.cur = cur
 	l.sent.Store(from)
