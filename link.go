@@ -22,7 +22,6 @@ var errReplaced = errors.New("replmap: replaced by a newer link from the same re
 // closes the connection and so stops the other.
 type link[V any] struct {
 	p      *Primary[V]
-	conn   net.Conn
 	addr   string
 	id     string
 	cancel context.CancelCauseFunc
@@ -91,7 +90,6 @@ func (p *Primary[V]) serveLink(conn net.Conn) {
 
 	l := &link[V]{
 		p:           p,
-		conn:        conn,
 		addr:        addr,
 		id:          h.name,
 		cancel:      cancel,
