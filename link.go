@@ -31,6 +31,7 @@ type link[V any] struct {
 
 	cur         *cursor       // position in the backlog; owned by the sender
 	sent        atomic.Uint64 // stream offset handed to the connection
+	asked       atomic.Uint64 // stream offset the last GETACK followed
 	ack         atomic.Int64  // highest offset acknowledged; -1 before the first ACK
 	lastAck     atomic.Int64  // UnixNano of the last ACK
 	streaming   atomic.Bool   // snapshot done
@@ -176,6 +177,10 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 			active = true
 		}
 		if getack {
+			// The replica answers after applying everything before the
+			// GETACK, so its ACK covers every Wait whose target is at or
+			// below asked: those need not ask again.
+			l.asked.Store(l.cur.pos)
 			_, _ = bw.Write(getAckFrame)
 			getack, active = false, true
 		}

@@ -84,10 +84,11 @@ func (p *Primary[V]) ackCount(target uint64) int {
 
 // requestAcks asks every replica that has not acknowledged target yet to
 // acknowledge now. Requests to one link coalesce until it sends one GETACK,
-// which follows all the data written before the request.
+// which follows all the data written before the request; and no request is
+// made while a GETACK that follows target is awaiting its answer.
 func (p *Primary[V]) requestAcks(target uint64) {
 	for _, l := range p.linkList() {
-		if off, ok := l.acked(); !ok || off < target {
+		if off, ok := l.acked(); (!ok || off < target) && l.asked.Load() < target {
 			select {
 			case l.getack <- struct{}{}:
 			default:
