@@ -9,15 +9,15 @@ import (
 	"github.com/hashicorp/go-msgpack/v2/codec"
 )
 
-// msgpackHandle encodes values with the msgpack spec's str and bin types
-// and caps the initial size of every container a decoder makes, so a
-// hostile length inside a value cannot make it allocate much before the
-// bytes run out.
+// msgpackHandle encodes values with the msgpack spec's str and bin types.
+// Decoding relies on checkMsgpack having bounded every declared length by
+// the bytes present, so the codec's own initial-size cap (MaxInitLen) is
+// left at its default (256 KiB per container) rather than set small, which
+// would make large byte strings grow in many small steps.
 var msgpackHandle = func() *codec.MsgpackHandle {
 	h := &codec.MsgpackHandle{WriteExt: true}
 	h.RawToString = true
 	h.MapType = reflect.TypeFor[map[string]any]()
-	h.MaxInitLen = 4096
 	h.MaxDepth = 64
 	return h
 }()
@@ -80,6 +80,9 @@ func decodeValue[V any](b []byte) (V, error) {
 	case *string:
 		raw, err := readMsgpackRaw(b)
 		*p = string(raw)
+		return v, err
+	}
+	if err := checkMsgpack(b); err != nil {
 		return v, err
 	}
 	dec := decoderPool.Get().(*codec.Decoder)
@@ -193,6 +196,96 @@ func parseSet(b []byte, maxKey, maxValue int) (key, value []byte, err error) {
 func checkKey(key string, maxKey int) error {
 	if len(key) > maxKey {
 		return fmt.Errorf("%w: key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(key), maxKey)
+	}
+	return nil
+}
+
+// checkMsgpack walks one msgpack value without decoding it and checks that
+// every declared length fits in the bytes that are really there: a string,
+// binary or extension no longer than what remains, and a container with no
+// more elements than remaining bytes (each element takes at least one). It
+// also requires b to hold exactly one value. After it, a decoder cannot be
+// talked into allocating much more than len(b) times an element's size.
+func checkMsgpack(b []byte) error {
+	bad := func(why string) error {
+		return fmt.Errorf("%w: malformed msgpack value: %s", ErrProtocol, why)
+	}
+	pos, pending := 0, 1 // bytes consumed; values still to read
+	// length reads an n-byte big-endian length at pos.
+	length := func(n int) (int, bool) {
+		if len(b)-pos < n {
+			return 0, false
+		}
+		var v uint64
+		for _, c := range b[pos : pos+n] {
+			v = v<<8 | uint64(c)
+		}
+		pos += n
+		if v > uint64(len(b)) {
+			return 0, false
+		}
+		return int(v), true
+	}
+	for pending > 0 {
+		if pos >= len(b) {
+			return bad("truncated")
+		}
+		pending--
+		c := b[pos]
+		pos++
+		skip, count := 0, 0 // payload bytes to skip; elements to add
+		ok := true
+		switch {
+		case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
+		case c&0xf0 == 0x80:
+			count = 2 * int(c&0x0f)
+		case c&0xf0 == 0x90:
+			count = int(c & 0x0f)
+		case c&0xe0 == 0xa0:
+			skip = int(c & 0x1f)
+		case c == 0xc4 || c == 0xd9:
+			skip, ok = length(1)
+		case c == 0xc5 || c == 0xda:
+			skip, ok = length(2)
+		case c == 0xc6 || c == 0xdb:
+			skip, ok = length(4)
+		case c == 0xc7, c == 0xc8, c == 0xc9: // ext 8/16/32: length, then a type byte
+			skip, ok = length(1 << (c - 0xc7))
+			skip++
+		case c == 0xca || c == 0xce || c == 0xd2:
+			skip = 4
+		case c == 0xcb || c == 0xcf || c == 0xd3:
+			skip = 8
+		case c == 0xcc || c == 0xd0:
+			skip = 1
+		case c == 0xcd || c == 0xd1:
+			skip = 2
+		case c >= 0xd4 && c <= 0xd8: // fixext 1, 2, 4, 8, 16: a type byte and data
+			skip = 1 + 1<<(c-0xd4)
+		case c == 0xdc:
+			count, ok = length(2)
+		case c == 0xdd:
+			count, ok = length(4)
+		case c == 0xde:
+			count, ok = length(2)
+			count *= 2
+		case c == 0xdf:
+			count, ok = length(4)
+			count *= 2
+		default: // 0xc1 is never used
+			return bad(fmt.Sprintf("invalid byte 0x%02x", c))
+		}
+		if !ok || skip > len(b)-pos {
+			return bad("a length exceeds the value")
+		}
+		pos += skip
+		pending += count
+		if pending > len(b)-pos {
+			return bad("more elements declared than bytes remain")
+		}
+	}
+	if pos != len(b) {
+		return bad(fmt.Sprintf("%d stray bytes", len(b)-pos))
 	}
 	return nil
 }
