@@ -1,155 +1,168 @@
 package transport
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"strconv"
 	"sync"
-	"time"
 )
 
-// inmemBufferSize is how many bytes one direction of an Inmem connection
-// holds before Write blocks, like a socket buffer.
-const inmemBufferSize = 1 << 20
+const (
+	// inmemBufferSize is how many bytes one direction of an Inmem
+	// connection holds before Write blocks, like a socket buffer. The
+	// buffer grows to it as needed; idle connections hold little memory.
+	inmemBufferSize = 1 << 20
 
-// acceptQueue is how many dialled connections wait for Accept before Dial
-// blocks.
-const acceptQueue = 128
+	// acceptBacklog is how many dialled connections may wait for Accept
+	// before Dial blocks.
+	acceptBacklog = 128
+)
 
 // Direction names one direction of the connections of a listener, for
 // [Inmem.Stall].
 type Direction int
 
 const (
-	// ToListener is the bytes written by the dialling side (a replica
+	// ToListener is the bytes written by the dialling side (e.g. a replica
 	// writing to its primary).
 	ToListener Direction = iota
-	// ToDialer is the bytes written by the accepting side (a primary
+	// ToDialer is the bytes written by the accepting side (e.g. a primary
 	// writing to a replica).
 	ToDialer
 )
 
+// String returns "ToListener" or "ToDialer".
+func (d Direction) String() string {
+	switch d {
+	case ToListener:
+		return "ToListener"
+	case ToDialer:
+		return "ToDialer"
+	}
+	return "Direction(" + strconv.Itoa(int(d)) + ")"
+}
+
+var errEmptyAddr = errors.New("empty address")
+
 // Inmem is an in-process network: a [Transport] whose addresses are any
-// non-empty strings. Connections are buffered pipes with full [net.Conn]
-// semantics, deadlines included. It blocks only on channels and timers, so
-// it works inside testing/synctest bubbles; it starts no goroutines.
+// non-empty strings. Use [NewInmem] to make one.
+//
+// Its connections are buffered pipes: each direction holds up to 1 MiB,
+// so Write returns as soon as its bytes are buffered and blocks only while
+// the buffer is full. They have full [net.Conn] semantics: deadlines
+// (timeouts satisfy [os.ErrDeadlineExceeded]), Close unblocking pending
+// Reads and Writes on both ends, the peer reading what was written before
+// a Close and then [io.EOF] (its Writes fail, wrapping [syscall.EPIPE]),
+// and concurrent use; concurrent Writes do not interleave. The dialling
+// end's local address is the listener's address followed by "#N".
+//
+// Inmem blocks only on channels and timers, and starts no goroutines, so
+// it works inside a testing/synctest bubble, where an idle Read is durably
+// blocked and deadlines follow the bubble's clock. Create the Inmem and use
+// its listeners and connections either all inside one bubble or all
+// outside bubbles.
 //
 // Its fault-injection methods ([Inmem.Cut], [Inmem.Refuse],
-// [Inmem.Stall]) act on every connection accepted by a listener address.
+// [Inmem.Stall]) act on the connections dialled to a listener address.
 // All methods are safe for concurrent use.
 type Inmem struct {
 	mu        sync.Mutex
 	listeners map[string]*inmemListener
 	refused   map[string]bool
-	stalls    map[string][2]bool
-	conns     map[string]map[*pipePair]struct{} // by listener address
+	stalls    map[string][2]bool                 // by address, indexed by Direction
+	conns     map[string]map[*inmemPair]struct{} // by listener address; pairs with an end open
 	dials     int
 }
 
 var _ Transport = (*Inmem)(nil)
 
-// NewInmem returns an empty in-process network.
+// NewInmem returns an in-process network with no listeners.
 func NewInmem() *Inmem {
 	return &Inmem{
 		listeners: make(map[string]*inmemListener),
 		refused:   make(map[string]bool),
 		stalls:    make(map[string][2]bool),
-		conns:     make(map[string]map[*pipePair]struct{}),
+		conns:     make(map[string]map[*inmemPair]struct{}),
 	}
 }
 
-// Listen returns a listener for addr. It fails with [ErrAddrInUse] if addr
-// already has one.
+// Listen returns a listener for addr, which may be any non-empty string.
+// It fails with an error wrapping [ErrAddrInUse] if addr already has an
+// open listener.
 func (n *Inmem) Listen(addr string) (net.Listener, error) {
 	if addr == "" {
-		return nil, &net.OpError{Op: "listen", Net: "inmem", Err: fmt.Errorf("empty address")}
+		return nil, &net.OpError{Op: "listen", Net: "inmem", Err: errEmptyAddr}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if _, ok := n.listeners[addr]; ok {
 		return nil, &net.OpError{Op: "listen", Net: "inmem", Addr: inmemAddr(addr), Err: ErrAddrInUse}
 	}
-	l := &inmemListener{
-		n:      n,
-		addr:   addr,
-		queue:  make(chan *inmemConn, acceptQueue),
-		closed: make(chan struct{}),
-	}
+	l := &inmemListener{n: n, addr: inmemAddr(addr)}
 	n.listeners[addr] = l
 	return l, nil
 }
 
-// Dial connects to the listener at addr. It fails with [ErrConnRefused]
-// when there is none or dials to addr are refused, and with ctx's error if
-// ctx ends while the accept queue is full.
+// Dial connects to the listener at addr. It fails with an error wrapping
+// [ErrConnRefused] if addr has no listener or dials to it are refused, and
+// with one wrapping ctx's error if ctx is done before the connection is
+// queued for Accept. Dial returns without waiting for Accept unless the
+// listener already has 128 connections waiting.
 func (n *Inmem) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	refused := func() error {
-		return &net.OpError{Op: "dial", Net: "inmem", Addr: inmemAddr(addr), Err: ErrConnRefused}
-	}
 	if err := ctx.Err(); err != nil {
-		return nil, &net.OpError{Op: "dial", Net: "inmem", Addr: inmemAddr(addr), Err: err}
+		return nil, dialError(addr, err)
 	}
 	n.mu.Lock()
 	l := n.listeners[addr]
 	if l == nil || n.refused[addr] {
 		n.mu.Unlock()
-		return nil, refused()
+		return nil, dialError(addr, ErrConnRefused)
 	}
 	n.dials++
-	pair := newPipePair(n.stalls[addr])
-	client := &inmemConn{rd: pair.toDialer, wr: pair.toListener, local: inmemAddr(addr + "#" + strconv.Itoa(n.dials)), remote: inmemAddr(addr)}
-	server := &inmemConn{rd: pair.toListener, wr: pair.toDialer, local: inmemAddr(addr), remote: client.local}
-	client.init(pair)
-	server.init(pair)
+	p := newInmemPair(n, addr, n.dials, n.stalls[addr])
 	if n.conns[addr] == nil {
-		n.conns[addr] = make(map[*pipePair]struct{})
+		n.conns[addr] = make(map[*inmemPair]struct{})
 	}
-	n.conns[addr][pair] = struct{}{}
-	pair.forget = func() {
-		n.mu.Lock()
-		delete(n.conns[addr], pair)
-		n.mu.Unlock()
-	}
+	n.conns[addr][p] = struct{}{}
 	n.mu.Unlock()
 
-	select {
-	case l.queue <- server:
-		return client, nil
-	case <-l.closed:
-	case <-ctx.Done():
+	if err := l.enqueue(ctx, p.server); err != nil {
+		p.client.Close()
+		p.server.Close()
+		return nil, dialError(addr, err)
 	}
-	client.Close()
-	server.Close()
-	if err := ctx.Err(); err != nil {
-		return nil, &net.OpError{Op: "dial", Net: "inmem", Addr: inmemAddr(addr), Err: err}
-	}
-	return nil, refused()
+	return p.client, nil
 }
 
-// Cut breaks every open connection accepted on listener addr, as a network
-// failure would: buffered bytes are lost and both ends' reads and writes
-// fail with [ErrConnReset]. The listener stays open. It returns how many
-// connections it cut.
+func dialError(addr string, err error) error {
+	return &net.OpError{Op: "dial", Net: "inmem", Addr: inmemAddr(addr), Err: err}
+}
+
+// Cut breaks every connection dialled to listener addr that has an end
+// still open, accepted or still waiting for Accept, as a network failure
+// would: the bytes they buffer are lost, and every later Read and Write on
+// either end fails with an error wrapping [ErrConnReset]. Each end must
+// still be closed by its owner. The listener stays open. Cut returns how
+// many connections it broke.
 func (n *Inmem) Cut(addr string) int {
 	n.mu.Lock()
-	pairs := make([]*pipePair, 0, len(n.conns[addr]))
+	pairs := make([]*inmemPair, 0, len(n.conns[addr]))
 	for p := range n.conns[addr] {
 		pairs = append(pairs, p)
 	}
+	delete(n.conns, addr) // broken pairs need no more faults
 	n.mu.Unlock()
 	for _, p := range pairs {
-		p.toListener.fail(ErrConnReset)
-		p.toDialer.fail(ErrConnReset)
+		p.fail(ErrConnReset)
 	}
 	return len(pairs)
 }
 
 // Refuse makes dials to addr fail with [ErrConnRefused] while refuse is
-// true. Open connections are not affected.
+// true, whether or not addr has a listener. Established connections are
+// not affected.
 func (n *Inmem) Refuse(addr string, refuse bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -161,340 +174,186 @@ func (n *Inmem) Refuse(addr string, refuse bool) {
 }
 
 // Stall holds back the bytes flowing in direction dir on every connection
-// of listener addr, open now or opened later, while stall is true: the
-// reader sees nothing, and writers go on until the buffer is full, then
-// block, like TCP towards a peer that stopped reading. Releasing delivers
-// the held bytes in order.
+// dialled to listener addr, open now or dialled later, while stall is
+// true. The reader sees nothing, not even the end of the stream; writers
+// go on until the buffer is full and then block, like TCP towards a peer
+// that stopped reading. Calling Stall with stall false delivers the held
+// bytes in order, none lost. Deadlines and Close work as usual on a
+// stalled connection. Stall panics if dir is not ToListener or ToDialer.
 func (n *Inmem) Stall(addr string, dir Direction, stall bool) {
+	if dir != ToListener && dir != ToDialer {
+		panic(fmt.Sprintf("transport: Stall with invalid %v", dir))
+	}
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	s := n.stalls[addr]
 	s[dir] = stall
-	n.stalls[addr] = s
-	pairs := make([]*pipePair, 0, len(n.conns[addr]))
-	for p := range n.conns[addr] {
-		pairs = append(pairs, p)
+	if s == ([2]bool{}) {
+		delete(n.stalls, addr)
+	} else {
+		n.stalls[addr] = s
 	}
-	n.mu.Unlock()
-	for _, p := range pairs {
-		p.dir(dir).setStalled(stall)
+	for p := range n.conns[addr] {
+		p.pipe(dir).setStalled(stall)
 	}
 }
 
+// forget stops tracking p for faults. Called when both its ends are closed.
+func (n *Inmem) forget(p *inmemPair) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if set := n.conns[p.addr]; set != nil {
+		delete(set, p)
+		if len(set) == 0 {
+			delete(n.conns, p.addr)
+		}
+	}
+}
+
+// unlisten frees l's address.
+func (n *Inmem) unlisten(l *inmemListener) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.listeners[string(l.addr)] == l {
+		delete(n.listeners, string(l.addr))
+	}
+}
+
+// inmemAddr is an Inmem address.
 type inmemAddr string
 
 func (a inmemAddr) Network() string { return "inmem" }
 func (a inmemAddr) String() string  { return string(a) }
 
+// inmemListener is an Inmem listener: a queue of dialled connections.
 type inmemListener struct {
-	n      *Inmem
-	addr   string
-	queue  chan *inmemConn
-	closed chan struct{}
-	once   sync.Once
+	n    *Inmem
+	addr inmemAddr
+
+	mu     sync.Mutex
+	queue  []*inmemConn // dialled, not yet accepted
+	closed bool
+	change signal // queue or closed changed
+}
+
+// enqueue queues c for Accept, waiting while the queue is full.
+func (l *inmemListener) enqueue(ctx context.Context, c *inmemConn) error {
+	l.mu.Lock()
+	for {
+		if l.closed {
+			l.mu.Unlock()
+			return ErrConnRefused
+		}
+		if len(l.queue) < acceptBacklog {
+			l.queue = append(l.queue, c)
+			l.change.broadcast()
+			l.mu.Unlock()
+			return nil
+		}
+		wake := l.change.wait()
+		l.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		l.mu.Lock()
+	}
 }
 
 // Accept waits for the next connection. After Close it returns an error
 // wrapping [net.ErrClosed].
 func (l *inmemListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.queue:
-		return c, nil
-	case <-l.closed:
-		return nil, &net.OpError{Op: "accept", Net: "inmem", Addr: inmemAddr(l.addr), Err: net.ErrClosed}
+	l.mu.Lock()
+	for {
+		if l.closed {
+			l.mu.Unlock()
+			return nil, &net.OpError{Op: "accept", Net: "inmem", Addr: l.addr, Err: net.ErrClosed}
+		}
+		if len(l.queue) > 0 {
+			c := l.queue[0]
+			l.queue[0] = nil
+			l.queue = l.queue[1:]
+			l.change.broadcast()
+			l.mu.Unlock()
+			return c, nil
+		}
+		wake := l.change.wait()
+		l.mu.Unlock()
+		<-wake
+		l.mu.Lock()
 	}
 }
 
-// Close stops accepting: the address is free again, dials are refused, and
-// connections dialled but not yet accepted are closed. Accepted
-// connections stay open.
+// Close stops listening: the address is free again, later dials are
+// refused, pending Accepts return, and connections dialled but not yet
+// accepted are reset. Accepted connections stay open.
 func (l *inmemListener) Close() error {
-	l.once.Do(func() {
-		l.n.mu.Lock()
-		if l.n.listeners[l.addr] == l {
-			delete(l.n.listeners, l.addr)
-		}
-		close(l.closed)
-		l.n.mu.Unlock()
-		for {
-			select {
-			case c := <-l.queue:
-				c.Close()
-			default:
-				return
-			}
-		}
-	})
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return &net.OpError{Op: "close", Net: "inmem", Addr: l.addr, Err: net.ErrClosed}
+	}
+	l.closed = true
+	queued := l.queue
+	l.queue = nil
+	l.change.broadcast()
+	l.mu.Unlock()
+
+	l.n.unlisten(l)
+	for _, c := range queued {
+		c.pair.fail(ErrConnReset)
+		c.Close()
+	}
 	return nil
 }
 
-func (l *inmemListener) Addr() net.Addr { return inmemAddr(l.addr) }
+// Addr returns the listener's address.
+func (l *inmemListener) Addr() net.Addr { return l.addr }
 
-// pipePair is the two directions of one connection.
-type pipePair struct {
-	toListener *pipe
-	toDialer   *pipe
-	forget     func() // unregisters the pair from its network
-	once       sync.Once
+// inmemPair is the two ends of one connection and the pipes between them.
+type inmemPair struct {
+	n                    *Inmem
+	addr                 string // the listener's
+	toListener, toDialer *pipe
+	client, server       *inmemConn
+
+	mu   sync.Mutex
+	open int // ends not closed yet
 }
 
-func newPipePair(stalls [2]bool) *pipePair {
-	p := &pipePair{toListener: &pipe{}, toDialer: &pipe{}}
+func newInmemPair(n *Inmem, addr string, seq int, stalls [2]bool) *inmemPair {
+	p := &inmemPair{n: n, addr: addr, toListener: &pipe{}, toDialer: &pipe{}, open: 2}
 	p.toListener.stalled = stalls[ToListener]
 	p.toDialer.stalled = stalls[ToDialer]
+	clientAddr := inmemAddr(addr + "#" + strconv.Itoa(seq))
+	p.client = newInmemConn(p, p.toDialer, p.toListener, clientAddr, inmemAddr(addr))
+	p.server = newInmemConn(p, p.toListener, p.toDialer, inmemAddr(addr), clientAddr)
 	return p
 }
 
-func (p *pipePair) dir(d Direction) *pipe {
+// pipe returns the pipe carrying bytes in direction d.
+func (p *inmemPair) pipe(d Direction) *pipe {
 	if d == ToListener {
 		return p.toListener
 	}
 	return p.toDialer
 }
 
-// pipe is one direction of a connection: a bounded byte buffer with a
-// broadcast channel that is closed (and replaced) whenever its state
-// changes, so blocked readers and writers can select on it together with
-// their deadline and their own close.
-type pipe struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	stalled bool
-	rclosed bool  // the reading end closed: writes fail
-	wclosed bool  // the writing end closed: reads see EOF once drained
-	err     error // the pipe broke (Cut): both ends fail
-	changed chan struct{}
+// fail breaks both directions with err.
+func (p *inmemPair) fail(err error) {
+	p.toListener.fail(err)
+	p.toDialer.fail(err)
 }
 
-// wait returns a channel closed at the next state change. Call with mu held.
-func (p *pipe) wait() <-chan struct{} {
-	if p.changed == nil {
-		p.changed = make(chan struct{})
-	}
-	return p.changed
-}
-
-// notify wakes the waiters. Call with mu held.
-func (p *pipe) notify() {
-	if p.changed != nil {
-		close(p.changed)
-		p.changed = nil
-	}
-}
-
-func (p *pipe) fail(err error) {
+// endClosed records that one end closed; the network forgets the pair
+// once both are.
+func (p *inmemPair) endClosed() {
 	p.mu.Lock()
-	if p.err == nil {
-		p.err = err
-		p.buf.Reset()
-	}
-	p.notify()
+	p.open--
+	last := p.open == 0
 	p.mu.Unlock()
-}
-
-func (p *pipe) setStalled(s bool) {
-	p.mu.Lock()
-	p.stalled = s
-	p.notify()
-	p.mu.Unlock()
-}
-
-// inmemConn is one end of a connection.
-type inmemConn struct {
-	rd, wr        *pipe
-	local, remote inmemAddr
-	readDL        deadline
-	writeDL       deadline
-	closed        chan struct{}
-	closeOnce     sync.Once
-	pair          *pipePair
-}
-
-func (c *inmemConn) init(pair *pipePair) {
-	c.pair = pair
-	c.closed = make(chan struct{})
-	c.readDL.init()
-	c.writeDL.init()
-}
-
-func (c *inmemConn) opError(op string, err error) error {
-	return &net.OpError{Op: op, Net: "inmem", Source: c.local, Addr: c.remote, Err: err}
-}
-
-func isClosed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
+	if last {
+		p.n.forget(p)
 	}
-}
-
-// Read reads what is buffered, waiting for at least one byte. It returns
-// io.EOF once the peer closed and the buffer is drained.
-func (c *inmemConn) Read(b []byte) (int, error) {
-	p := c.rd
-	for {
-		p.mu.Lock()
-		switch {
-		case isClosed(c.closed):
-			p.mu.Unlock()
-			return 0, c.opError("read", net.ErrClosed)
-		case p.err != nil:
-			err := p.err
-			p.mu.Unlock()
-			return 0, c.opError("read", err)
-		case p.buf.Len() > 0 && !p.stalled:
-			if len(b) == 0 {
-				p.mu.Unlock()
-				return 0, nil
-			}
-			n, _ := p.buf.Read(b)
-			p.notify()
-			p.mu.Unlock()
-			return n, nil
-		case p.wclosed && p.buf.Len() == 0:
-			p.mu.Unlock()
-			return 0, io.EOF
-		case isClosed(c.readDL.wait()):
-			p.mu.Unlock()
-			return 0, c.opError("read", os.ErrDeadlineExceeded)
-		case len(b) == 0:
-			p.mu.Unlock()
-			return 0, nil
-		}
-		changed := p.wait()
-		p.mu.Unlock()
-		select {
-		case <-changed:
-		case <-c.readDL.wait():
-		case <-c.closed:
-		}
-	}
-}
-
-// Write buffers b, waiting while the buffer is full. It fails once the
-// peer has closed.
-func (c *inmemConn) Write(b []byte) (int, error) {
-	p := c.wr
-	n := 0
-	for {
-		p.mu.Lock()
-		switch {
-		case isClosed(c.closed):
-			p.mu.Unlock()
-			return n, c.opError("write", net.ErrClosed)
-		case p.err != nil:
-			err := p.err
-			p.mu.Unlock()
-			return n, c.opError("write", err)
-		case p.rclosed:
-			p.mu.Unlock()
-			return n, c.opError("write", io.ErrClosedPipe)
-		case isClosed(c.writeDL.wait()):
-			p.mu.Unlock()
-			return n, c.opError("write", os.ErrDeadlineExceeded)
-		case len(b) == 0:
-			p.mu.Unlock()
-			return n, nil
-		}
-		if room := inmemBufferSize - p.buf.Len(); room > 0 {
-			k := min(room, len(b))
-			p.buf.Write(b[:k])
-			b = b[k:]
-			n += k
-			p.notify()
-			p.mu.Unlock()
-			continue
-		}
-		changed := p.wait()
-		p.mu.Unlock()
-		select {
-		case <-changed:
-		case <-c.writeDL.wait():
-		case <-c.closed:
-		}
-	}
-}
-
-// Close closes this end: its pending and later reads and writes fail with
-// net.ErrClosed, the peer reads what was already written and then io.EOF,
-// and the peer's writes fail.
-func (c *inmemConn) Close() error {
-	c.closeOnce.Do(func() {
-		close(c.closed)
-		c.rd.mu.Lock()
-		c.rd.rclosed = true
-		c.rd.notify()
-		c.rd.mu.Unlock()
-		c.wr.mu.Lock()
-		c.wr.wclosed = true
-		c.wr.notify()
-		c.wr.mu.Unlock()
-		c.readDL.set(time.Time{})
-		c.writeDL.set(time.Time{})
-		if c.pair != nil && c.pair.forget != nil {
-			c.pair.once.Do(c.pair.forget)
-		}
-	})
-	return nil
-}
-
-func (c *inmemConn) LocalAddr() net.Addr  { return c.local }
-func (c *inmemConn) RemoteAddr() net.Addr { return c.remote }
-
-func (c *inmemConn) SetDeadline(t time.Time) error {
-	c.readDL.set(t)
-	c.writeDL.set(t)
-	return nil
-}
-
-func (c *inmemConn) SetReadDeadline(t time.Time) error  { c.readDL.set(t); return nil }
-func (c *inmemConn) SetWriteDeadline(t time.Time) error { c.writeDL.set(t); return nil }
-
-// deadline is a settable point in time exposed as a channel that is closed
-// when it passes.
-type deadline struct {
-	mu      sync.Mutex
-	timer   *time.Timer
-	expired chan struct{}
-}
-
-func (d *deadline) init() { d.expired = make(chan struct{}) }
-
-func (d *deadline) set(t time.Time) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		// The timer fired: its function has closed expired, or is about
-		// to (it waits for mu). A fresh channel is needed either way.
-		d.expired = make(chan struct{})
-	}
-	d.timer = nil
-	if isClosed(d.expired) {
-		d.expired = make(chan struct{})
-	}
-	if t.IsZero() {
-		return
-	}
-	dur := time.Until(t)
-	if dur <= 0 {
-		close(d.expired)
-		return
-	}
-	ch := d.expired
-	var timer *time.Timer
-	timer = time.AfterFunc(dur, func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if d.timer == timer { // not replaced since
-			close(ch)
-		}
-	})
-	d.timer = timer
-}
-
-func (d *deadline) wait() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.expired
 }

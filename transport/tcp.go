@@ -3,18 +3,25 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"net"
+	"syscall"
 	"time"
 )
 
-// Defaults for [TCP].
 const (
-	DefaultDialTimeout = 5 * time.Second  // how long Dial may take at most
-	DefaultKeepAlive   = 15 * time.Second // TCP keep-alive period
+	// DefaultDialTimeout is how long a [TCP] Dial may take at most, TLS
+	// handshake included, unless set with [WithDialTimeout].
+	DefaultDialTimeout = 5 * time.Second
+	// DefaultKeepAlive is the TCP keep-alive period of [TCP] connections,
+	// unless set with [WithKeepAlive].
+	DefaultKeepAlive = 15 * time.Second
 )
 
-// TCP is a [Transport] over TCP, optionally with TLS. Its zero value is not
-// usable: make one with [NewTCP]. It is safe for concurrent use.
+// TCP is a [Transport] over TCP, optionally with TLS. Make one with
+// [NewTCP], which sets the defaults (the zero value works, but without a
+// dial timeout). It is safe for concurrent use.
 type TCP struct {
 	dialTimeout time.Duration
 	keepAlive   time.Duration
@@ -41,14 +48,16 @@ func WithDialTimeout(d time.Duration) TCPOption {
 }
 
 // WithKeepAlive sets the TCP keep-alive period of dialled and accepted
-// connections; negative disables keep-alives. Default [DefaultKeepAlive].
+// connections; negative disables keep-alives, zero means Go's default.
+// Default [DefaultKeepAlive].
 func WithKeepAlive(d time.Duration) TCPOption {
 	return tcpOption(func(t *TCP) { t.keepAlive = d })
 }
 
 // WithTLS wraps connections in TLS: server, if not nil, configures the
 // listeners (it needs a certificate); client, if not nil, configures dials
-// (set ServerName, or RootCAs for a private CA).
+// (ServerName defaults to the dialled host; set RootCAs for a private CA).
+// The configurations must not be modified after use.
 func WithTLS(server, client *tls.Config) TCPOption {
 	return tcpOption(func(t *TCP) { t.serverTLS, t.clientTLS = server, client })
 }
@@ -62,11 +71,18 @@ func NewTCP(opts ...TCPOption) *TCP {
 	return t
 }
 
-// Listen listens on the TCP address addr ("host:port"; port 0 picks one).
+// Listen listens on the TCP address addr ("host:port"; port 0 picks a
+// free one). Accepted connections have keep-alives as configured, and are
+// TLS server connections, handshaking on first use, if a server TLS
+// configuration was given. If the address is taken the error wraps
+// [ErrAddrInUse].
 func (t *TCP) Listen(addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: t.keepAlive}
 	l, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%w: %w", ErrAddrInUse, err)
+		}
 		return nil, err
 	}
 	if t.serverTLS != nil {
@@ -75,13 +91,30 @@ func (t *TCP) Listen(addr string) (net.Listener, error) {
 	return l, nil
 }
 
-// Dial connects to the TCP address addr, completing the TLS handshake when
-// TLS is configured.
+// Dial connects to the TCP address addr, completing the TLS handshake if
+// a client TLS configuration was given. It gives up when ctx is done or
+// the dial timeout passes. If nothing listens at addr the error wraps
+// [ErrConnRefused].
 func (t *TCP) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	d := &net.Dialer{Timeout: t.dialTimeout, KeepAlive: t.keepAlive}
+	d := &net.Dialer{Timeout: max(t.dialTimeout, 0), KeepAlive: t.keepAlive}
+	var (
+		c   net.Conn
+		err error
+	)
 	if t.clientTLS != nil {
 		td := &tls.Dialer{NetDialer: d, Config: t.clientTLS}
-		return td.DialContext(ctx, "tcp", addr)
+		c, err = td.DialContext(ctx, "tcp", addr)
+	} else {
+		c, err = d.DialContext(ctx, "tcp", addr)
 	}
-	return d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		return c, nil
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return nil, fmt.Errorf("%w: %w", ErrConnRefused, err)
+	}
+	if _, ok := err.(*net.OpError); !ok { // a TLS handshake error
+		return nil, fmt.Errorf("transport: dial tls %s: %w", addr, err)
+	}
+	return nil, err
 }

@@ -1,15 +1,3 @@
-// Package transport makes the byte-stream connections between a replmap
-// primary and its replicas.
-//
-// [Transport] is the whole contract: a primary listens, a replica dials.
-// [TCP] is for real deployments (optionally with TLS). [Inmem] is an
-// in-process network for tests and examples: any string is an address, and
-// it can inject faults (cut links, refused dials, one direction stalled)
-// while keeping full [net.Conn] semantics, deadlines included. Inmem works
-// inside testing/synctest bubbles.
-//
-// This package does not depend on the replmap package: any code that needs
-// a pluggable stream network can use it.
 package transport
 
 import (
@@ -27,16 +15,19 @@ type Transport interface {
 	Dial(ctx context.Context, addr string) (net.Conn, error)
 }
 
-// Errors returned by the transports, wrapped in a [*net.OpError] that
-// names the operation and addresses; test them with [errors.Is].
+// Errors returned by the transports, wrapped with the operation and the
+// addresses involved; test for them with [errors.Is].
 var (
-	// ErrConnRefused means nothing accepts connections at the address:
-	// no listener, a closed one, or dials refused by [Inmem.Refuse].
+	// ErrConnRefused means nothing accepts connections at the address: no
+	// listener, a closed one, or dials refused by [Inmem.Refuse]. [TCP]
+	// wraps it around the system's "connection refused" error too.
 	ErrConnRefused = errors.New("transport: connection refused")
 
-	// ErrAddrInUse means an Inmem address already has a listener.
+	// ErrAddrInUse means the address already has a listener. [TCP] wraps
+	// it around the system's "address already in use" error too.
 	ErrAddrInUse = errors.New("transport: address in use")
 
-	// ErrConnReset means [Inmem.Cut] broke the connection.
+	// ErrConnReset means [Inmem.Cut] broke the connection, or its
+	// listener closed before accepting it.
 	ErrConnReset = errors.New("transport: connection reset")
 )

@@ -1,0 +1,7 @@
+package transport
+
+// Internal limits, for the tests.
+const (
+	InmemBufferSize = inmemBufferSize
+	AcceptBacklog   = acceptBacklog
+)

@@ -1,0 +1,154 @@
+package transport_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/replmap/replmap/transport"
+)
+
+// selfSigned returns a fresh self-signed certificate for 127.0.0.1 and a
+// pool trusting it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "replmap test"},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}, pool
+}
+
+// tlsTransport returns a TCP transport with TLS on both sides, serving a
+// fresh self-signed certificate. The client trusts roots, or the
+// certificate if roots is nil.
+func tlsTransport(t *testing.T, roots *x509.CertPool) *transport.TCP {
+	t.Helper()
+	cert, pool := selfSigned(t)
+	if roots == nil {
+		roots = pool
+	}
+	server := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	client := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}
+	return transport.NewTCP(transport.WithTLS(server, client))
+}
+
+func TestTLSRoundTrip(t *testing.T) {
+	tr := tlsTransport(t, nil)
+	dialed, accepted, stop, err := connect(tr, "127.0.0.1:0")
+	require.NoError(t, err)
+	defer stop()
+
+	for _, c := range []net.Conn{dialed, accepted} {
+		tc, ok := c.(*tls.Conn)
+		require.True(t, ok, "%T is not a TLS connection", c)
+		state := tc.ConnectionState()
+		assert.True(t, state.HandshakeComplete)
+		assert.Equal(t, uint16(tls.VersionTLS13), state.Version)
+	}
+	_, err = dialed.Write([]byte("ping"))
+	require.NoError(t, err)
+	buf := make([]byte, 4)
+	_, err = io.ReadFull(accepted, buf)
+	require.NoError(t, err)
+	assert.Equal(t, "ping", string(buf))
+	_, err = accepted.Write([]byte("pong"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(dialed, buf)
+	require.NoError(t, err)
+	assert.Equal(t, "pong", string(buf))
+}
+
+func TestTLSUntrustedServer(t *testing.T) {
+	tr := tlsTransport(t, x509.NewCertPool()) // the client trusts nobody
+	_, _, _, err := connect(tr, "127.0.0.1:0")
+	var unknown x509.UnknownAuthorityError
+	assert.ErrorAs(t, err, &unknown)
+}
+
+// TestTLSServerOnly checks that either TLS side may be left out: a
+// plain-TCP client cannot talk to a TLS listener.
+func TestTLSServerOnly(t *testing.T) {
+	cert, _ := selfSigned(t)
+	server := transport.NewTCP(transport.WithTLS(&tls.Config{Certificates: []tls.Certificate{cert}}, nil))
+	l, err := server.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	handshake := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			err = c.(*tls.Conn).HandshakeContext(context.Background())
+			c.Close()
+		}
+		handshake <- err
+	}()
+	c, err := server.Dial(context.Background(), l.Addr().String()) // plain TCP
+	require.NoError(t, err)
+	_, err = c.Write([]byte("not a TLS hello\n\n\n\n\n\n\n\n\n"))
+	require.NoError(t, err)
+	assert.Error(t, <-handshake)
+	c.Close()
+}
+
+func TestTCPOptions(t *testing.T) {
+	assert.Equal(t, 5*time.Second, transport.DefaultDialTimeout)
+	assert.Equal(t, 15*time.Second, transport.DefaultKeepAlive)
+	for name, opts := range map[string][]transport.TCPOption{
+		"set":        {transport.WithDialTimeout(time.Second), transport.WithKeepAlive(time.Second)},
+		"no limits":  {transport.WithDialTimeout(-1), transport.WithKeepAlive(-1)},
+		"go default": {transport.WithDialTimeout(0), transport.WithKeepAlive(0)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dialed, accepted, stop, err := connect(transport.NewTCP(opts...), "127.0.0.1:0")
+			require.NoError(t, err)
+			defer stop()
+			_, err = dialed.Write([]byte("x"))
+			require.NoError(t, err)
+			_, err = io.ReadFull(accepted, make([]byte, 1))
+			assert.NoError(t, err)
+		})
+	}
+}
+
+func TestTCPDialTimeout(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	// A TLS dial to a listener that never answers the handshake.
+	_, pool := selfSigned(t)
+	tr := transport.NewTCP(
+		transport.WithDialTimeout(50*time.Millisecond),
+		transport.WithTLS(nil, &tls.Config{RootCAs: pool}),
+	)
+	_, err = tr.Dial(context.Background(), l.Addr().String())
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout(), "%v", err)
+}
