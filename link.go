@@ -73,8 +73,7 @@ func (l *link[V]) info(primaryOffset uint64) ReplicaLink {
 func (p *Primary[V]) serveLink(conn net.Conn) {
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	defer cancel(nil)
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	defer closeWhenDone(ctx, conn)()
 	defer conn.Close()
 
 	addr := conn.RemoteAddr().String()
@@ -234,6 +233,23 @@ func (l *link[V]) receive(fr *frameReader) error {
 		case framePing:
 		default:
 			return linkError("stream", l.addr, fmt.Errorf("%w: unexpected %s from replica", ErrProtocol, t))
+		}
+	}
+}
+
+// closeWhenDone closes conn when ctx is done, which unblocks the link's
+// reads and writes. The returned release stops that or, if the close has
+// already started, waits for it to finish, so that no goroutine outlives
+// the link (and Close can promise that every goroutine has exited).
+func closeWhenDone(ctx context.Context, conn net.Conn) (release func()) {
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		conn.Close()
+		close(closed)
+	})
+	return func() {
+		if !stop() {
+			<-closed
 		}
 	}
 }

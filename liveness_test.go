@@ -1,6 +1,7 @@
 package replmap
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
@@ -191,4 +192,30 @@ func TestServeReturnsListenerError(t *testing.T) {
 	err = p.Serve(l)
 	assert.ErrorIs(t, err, net.ErrClosed)
 	assert.False(t, errors.Is(err, ErrClosed))
+}
+
+// TestCloseWhenDoneWaitsForTheClose: once the context is done, release
+// returns only after the connection is closed, so no goroutine outlives
+// the link.
+func TestCloseWhenDoneWaitsForTheClose(t *testing.T) {
+	n := transport.NewInmem()
+	l, err := n.Listen("x")
+	require.NoError(t, err)
+	defer l.Close()
+	conn, err := n.Dial(t.Context(), "x")
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	release := closeWhenDone(ctx, conn)
+	cancel()
+	release()
+	_, err = conn.Write([]byte("x"))
+	assert.ErrorIs(t, err, net.ErrClosed, "release returned before the close")
+
+	conn2, err := n.Dial(t.Context(), "x")
+	require.NoError(t, err)
+	defer conn2.Close()
+	closeWhenDone(t.Context(), conn2)() // released before done: no close
+	_, err = conn2.Write([]byte("x"))
+	assert.NoError(t, err)
 }

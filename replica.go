@@ -238,8 +238,7 @@ func (r *Replica[V]) session() (synced bool, err error) {
 
 	ctx, cancel := context.WithCancelCause(r.ctx)
 	defer cancel(nil)
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	defer closeWhenDone(ctx, conn)()
 	defer conn.Close()
 
 	dc := deadlineConn{Conn: conn, timeout: r.cfg.linkTimeout}
