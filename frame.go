@@ -165,10 +165,9 @@ func appendString(dst []byte, s string) []byte {
 // frameReader reads frames off a connection, checking every length before
 // it allocates and every CRC before it returns a payload.
 type frameReader struct {
-	r     *bufio.Reader
-	max   int // largest length accepted (type + payload)
-	buf   []byte
-	total uint64 // bytes consumed
+	r   *bufio.Reader
+	max int // largest length accepted (type + payload)
+	buf []byte
 }
 
 func newFrameReader(r io.Reader, maxFrame int) *frameReader {
@@ -209,9 +208,7 @@ func (fr *frameReader) next() (frameType, []byte, int, error) {
 	if got := binary.BigEndian.Uint32(fr.buf[n-1:]); got != crc {
 		return 0, nil, 0, fmt.Errorf("%w: %s frame", ErrChecksum, frameType(hdr[4]))
 	}
-	size := n + 4 + frameCRCSize
-	fr.total += uint64(size)
-	return frameType(hdr[4]), payload, size, nil
+	return frameType(hdr[4]), payload, n + 4 + frameCRCSize, nil
 }
 
 // parser decodes a payload. The first failure sticks: later calls return

@@ -416,8 +416,8 @@ func (s *replicaSession[V]) stream() error {
 			s.target.offset.Add(uint64(size))
 			s.maybeSwap()
 		case frameDel:
-			if err := checkKey(string(payload), r.cfg.maxKeySize); err != nil {
-				return err
+			if len(payload) > r.cfg.maxKeySize {
+				return fmt.Errorf("%w: DEL key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(payload), r.cfg.maxKeySize)
 			}
 			s.target.store.delete(string(payload))
 			s.target.offset.Add(uint64(size))
