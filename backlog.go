@@ -1,9 +1,11 @@
 package replmap
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // backlogBlockSize is the unit in which the backlog allocates and frees.
@@ -15,34 +17,44 @@ const backlogBlockSize = 64 << 10
 // without being copied per link.
 //
 // It keeps at least the last size bytes, for partial resyncs. A cursor also
-// pins what it has not read yet, so a replica receiving a snapshot or
-// reading slowly does not lose its place; but once a cursor is more than
-// limit bytes behind the end, it is evicted and its link dropped, so memory
-// stays bounded by the larger of size and limit.
+// pins what it has not read yet, so a replica reading slowly does not lose
+// its place; but once a cursor is more than limit bytes behind the end, or
+// more than softLimit bytes behind for softTime without a break, it is
+// evicted and its link dropped, so memory stays bounded by the larger of
+// size and limit.
 //
 // The bytes live in fixed-size blocks aligned to offsets that are multiples
 // of backlogBlockSize. A block's bytes below end never change, so readers
 // use them after releasing the lock; writers only append beyond end.
 type backlog struct {
-	mu      sync.Mutex
-	size    uint64
-	limit   uint64
-	blocks  [][]byte // blocks[i] holds offsets [first+i*blockSize, first+(i+1)*blockSize)
-	first   uint64   // offset of blocks[0][0]
-	start   uint64   // oldest offset held
-	end     atomic.Uint64
-	cursors map[*cursor]struct{}
+	mu        sync.Mutex
+	size      uint64
+	limit     uint64
+	softLimit uint64 // 0: none
+	softTime  time.Duration
+	blocks    [][]byte // blocks[i] holds offsets [first+i*blockSize, first+(i+1)*blockSize)
+	first     uint64   // offset of blocks[0][0]
+	start     uint64   // oldest offset held
+	end       atomic.Uint64
+	cursors   map[*cursor]struct{}
 }
 
 // A cursor is one reader's position in the backlog.
 type cursor struct {
-	pos     uint64 // next offset to read
-	evicted bool   // fell more than limit behind
-	onEvict func() // called once, under the backlog's lock, on eviction
+	pos       uint64          // next offset to read
+	overSince time.Time       // when it went past the soft limit; zero if within it
+	evicted   bool            // fell too far behind
+	onEvict   func(err error) // called once, under the backlog's lock, on eviction
 }
 
-func newBacklog(size, limit int) *backlog {
-	return &backlog{size: uint64(size), limit: uint64(limit), cursors: make(map[*cursor]struct{})}
+func newBacklog(c config) *backlog {
+	return &backlog{
+		size:      uint64(c.backlogSize),
+		limit:     uint64(c.bufferLimit),
+		softLimit: uint64(c.softLimit),
+		softTime:  c.softTime,
+		cursors:   make(map[*cursor]struct{}),
+	}
 }
 
 // append adds a frame's bytes at the end. The caller serialises appends.
@@ -64,24 +76,35 @@ func (b *backlog) append(p []byte) {
 }
 
 // trim frees the blocks that neither the size window nor any live cursor
-// needs, and evicts cursors more than limit behind end.
+// needs, and evicts cursors past the buffer limits.
 func (b *backlog) trim(end uint64) {
 	var keep uint64
 	if end > b.size {
 		keep = end - b.size
 	}
+	var now time.Time
 	for c := range b.cursors {
-		if c.evicted || c.pos >= keep {
+		if c.evicted {
 			continue
 		}
-		if end-c.pos > b.limit {
-			c.evicted = true
-			if c.onEvict != nil {
-				c.onEvict()
+		switch behind := end - c.pos; {
+		case behind > b.limit:
+			b.evict(c, fmt.Errorf("%w: %d bytes behind, over the limit of %d", ErrReplicaTooSlow, behind, b.limit))
+			continue
+		case b.softLimit > 0 && behind > b.softLimit:
+			if now.IsZero() {
+				now = time.Now()
 			}
-			continue
+			if c.overSince.IsZero() {
+				c.overSince = now
+			} else if over := now.Sub(c.overSince); over >= b.softTime {
+				b.evict(c, fmt.Errorf("%w: over the soft limit of %d bytes for %v", ErrReplicaTooSlow, b.softLimit, over.Round(time.Millisecond)))
+				continue
+			}
+		default:
+			c.overSince = time.Time{}
 		}
-		keep = c.pos
+		keep = min(keep, c.pos)
 	}
 	if keep <= b.first {
 		return
@@ -95,6 +118,13 @@ func (b *backlog) trim(end uint64) {
 	b.start = max(b.start, b.first)
 }
 
+func (b *backlog) evict(c *cursor, err error) {
+	c.evicted = true
+	if c.onEvict != nil {
+		c.onEvict(err)
+	}
+}
+
 // window returns the range of offsets held: [start, end].
 func (b *backlog) window() (start, end uint64) {
 	b.mu.Lock()
@@ -105,7 +135,7 @@ func (b *backlog) window() (start, end uint64) {
 // newCursor returns a cursor at pos, or false if pos is outside the window.
 // onEvict, if not nil, is called when the cursor is evicted; it must not
 // block or call back into the backlog.
-func (b *backlog) newCursor(pos uint64, onEvict func()) (*cursor, bool) {
+func (b *backlog) newCursor(pos uint64, onEvict func(error)) (*cursor, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if pos < b.start || pos > b.end.Load() {
@@ -141,5 +171,8 @@ func (b *backlog) read(c *cursor, limit int) ([]byte, error) {
 	n := min(backlogBlockSize-off, end-c.pos, uint64(limit))
 	blk := b.blocks[(c.pos-b.first)/backlogBlockSize]
 	c.pos += n
+	if end-c.pos <= b.softLimit {
+		c.overSince = time.Time{}
+	}
 	return blk[off : off+n], nil
 }

@@ -4,16 +4,18 @@ import (
 	"bytes"
 	"strconv"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 func TestBacklogWindowAndEviction(t *testing.T) {
-	b := newBacklog(MinBacklogSize, 4*backlogBlockSize)
+	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 4 * backlogBlockSize})
 	frame := bytes.Repeat([]byte{1}, 1000)
 	evicted := 0
-	c, ok := b.newCursor(0, func() { evicted++ })
+	c, ok := b.newCursor(0, func(error) { evicted++ })
 	require.True(t, ok)
 	for b.end.Load() < 10*backlogBlockSize {
 		b.append(frame)
@@ -40,4 +42,43 @@ func TestBacklogWindowAndEviction(t *testing.T) {
 	}
 	assert.Equal(t, int(end-start), got)
 	assert.Equal(t, strconv.Itoa(int(end)), strconv.Itoa(int(c2.pos)))
+}
+
+// TestBacklogSoftLimit checks the soft limit's clock: a cursor is evicted
+// only after staying past the limit for the whole soft time, and catching
+// up below it, even briefly, starts the clock again.
+func TestBacklogSoftLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const soft = 2 * backlogBlockSize
+		b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 100 * backlogBlockSize,
+			softLimit: soft, softTime: 10 * time.Second})
+		var cause error
+		c, ok := b.newCursor(0, func(err error) { cause = err })
+		require.True(t, ok)
+		block := make([]byte, backlogBlockSize)
+		grow := func() { b.append(block) } // one block: one eviction check
+
+		for b.end.Load() <= soft+backlogBlockSize {
+			grow() // past the soft limit from now on
+		}
+		time.Sleep(9 * time.Second)
+		grow()
+		require.False(t, c.evicted, "evicted before the soft time passed")
+
+		// Catch up to within the limit: the clock starts again.
+		for b.end.Load()-c.pos > soft {
+			_, err := b.read(c, backlogBlockSize)
+			require.NoError(t, err)
+		}
+		grow()
+		grow()
+		time.Sleep(9 * time.Second)
+		grow()
+		require.False(t, c.evicted, "the clock did not restart after catching up")
+		time.Sleep(time.Second)
+		grow()
+		require.True(t, c.evicted, "not evicted after the soft time")
+		assert.ErrorIs(t, cause, ErrReplicaTooSlow)
+		assert.ErrorContains(t, cause, "soft limit")
+	})
 }

@@ -34,11 +34,12 @@ package replmap
 //
 // Values are msgpack (github.com/hashicorp/go-msgpack). SET and DEL are data
 // records: the replication offset counts their whole frames, length prefix
-// to CRC, and nothing else. A full sync is FULL, CHUNKs, END, then the data
-// records from O on; the snapshot walk may already contain some writes
-// after O, so the replica keeps the loaded data aside until it has applied
-// the stream up to E, when it matches the primary at E exactly, and only
-// then swaps it in.
+// to CRC, and nothing else. A full sync is FULL, CHUNKs, END, with the data
+// records from O on interleaved between CHUNKs and going on after END; the
+// snapshot walk may already contain some writes after O, so the replica
+// applies records to the store it loads, keeps it aside until it has
+// applied the stream up to E, when it matches the primary at E exactly,
+// and only then swaps it in.
 
 import (
 	"bufio"

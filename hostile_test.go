@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"testing"
 	"time"
@@ -116,6 +117,7 @@ func TestHostilePrimary(t *testing.T) {
 		{"msgpack declares 4 GiB", hugeBin, ErrProtocol},
 		{"unknown frame type", rawFrame(0x7f, nil), ErrProtocol},
 		{"snapshot frame in stream", rawFrame(frameChunk, nil), ErrProtocol},
+		{"END in stream", appendSnapshotEnd(nil, snapshotEnd{}), ErrProtocol},
 		{"oversized key in DEL", rawFrame(frameDel, bytes.Repeat([]byte("k"), DefaultMaxKeySize+1)), ErrTooLarge},
 	}
 	net := transport.NewInmem()
@@ -166,7 +168,7 @@ func TestHostileSnapshot(t *testing.T) {
 		{"END count lies", [][]byte{goodChunk(), appendSnapshotEnd(nil, snapshotEnd{count: 2, crc: 0, offset: 0})}, ErrChecksum},
 		{"END checksum lies", [][]byte{goodChunk(), appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 1, offset: 0})}, ErrChecksum},
 		{"corrupted chunk", [][]byte{corruptCRC(goodChunk())}, ErrChecksum},
-		{"stream in snapshot", [][]byte{setFrame(t, "x", 1)}, ErrProtocol},
+		{"END behind the stream", [][]byte{setFrame(t, "x", 1), appendSnapshotEnd(nil, snapshotEnd{})}, ErrProtocol},
 		{"END before FULL offset", [][]byte{appendSyncStart(nil, frameFull, "abc", 100)}, nil},
 	}
 	for _, c := range cases {
@@ -190,6 +192,36 @@ func TestHostileSnapshot(t *testing.T) {
 			assert.Zero(t, r.Info().FullSyncs)
 		})
 	}
+}
+
+// TestRecordsInterleavedWithSnapshot checks the replica's side of a full
+// sync whose stream comes between the snapshot's chunks: records apply to
+// the store being loaded, which is served only at END's offset.
+func TestRecordsInterleavedWithSnapshot(t *testing.T) {
+	net := transport.NewInmem()
+	fake := newFakePrimary(t, net, "fake")
+	r := startReplica[int](t, net, "fake")
+	fake.accept()
+
+	var chunks bytes.Buffer
+	sw := snapshotWriter{w: &chunks}
+	require.NoError(t, addEntry(&sw, "a", 1))
+	require.NoError(t, addEntry(&sw, "b", 2))
+	require.NoError(t, sw.flush())
+	setB, delA, setC := setFrame(t, "b", 20), appendDelFrame(nil, "a"), setFrame(t, "c", 3)
+	upTo := uint64(100 + len(setB) + len(delA))
+
+	fake.send(appendSyncStart(nil, frameFull, "abc", 100), setB, delA, chunks.Bytes())
+	fake.send(appendSnapshotEnd(nil, snapshotEnd{count: sw.count, crc: sw.crc, offset: upTo + uint64(len(setC))}))
+	assert.Never(t, func() bool { return r.Len() > 0 }, 50*time.Millisecond, time.Millisecond,
+		"served before the stream reached END's offset")
+	assert.Equal(t, StateSyncing, r.Info().State)
+
+	fake.send(setC)
+	waitSynced(t, r)
+	assert.Equal(t, upTo+uint64(len(setC)), r.Offset())
+	// The chunk's a=1 and b=2 were copied after the records: they win.
+	assert.Equal(t, map[string]int{"a": 1, "b": 2, "c": 3}, maps.Collect(r.All()))
 }
 
 // TestHostileReplica connects fake replicas that send garbage to a real

@@ -38,9 +38,12 @@ type link[V any] struct {
 	connectedAt time.Time
 }
 
-// evict drops a link that fell more than the buffer limit behind, at once:
-// its sender may be blocked writing to a replica that stopped reading.
-func (l *link[V]) evict() { l.cancel(ErrReplicaTooSlow) }
+// evict drops a link that fell too far behind, at once: its sender may be
+// blocked writing to a replica that stopped reading.
+func (l *link[V]) evict(err error) {
+	l.p.droppedSlow.Add(1)
+	l.cancel(err)
+}
 
 // acked returns the offset the replica acknowledged, if it has.
 func (l *link[V]) acked() (uint64, bool) {
@@ -155,26 +158,11 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 	defer ticker.Stop()
 	var getack, ping, active bool
 	for {
-		for {
-			chunk, err := p.backlog.read(l.cur, 256<<10)
-			if errors.Is(err, ErrReplicaTooSlow) {
-				_, _ = bw.Write(appendErrorFrame(nil, codeTooSlow))
-				_ = bw.Flush()
-			}
-			if err != nil {
-				return linkError("stream", l.addr, err)
-			}
-			if len(chunk) == 0 {
-				break
-			}
-			// Publish the offset before the bytes can reach the replica, so
-			// that its ACK for them is never taken for a lie.
-			l.sent.Store(l.cur.pos)
-			if _, err := bw.Write(chunk); err != nil {
-				return linkError("stream", l.addr, err)
-			}
-			active = true
+		wrote, err := l.drain(bw)
+		if err != nil {
+			return linkError("stream", l.addr, err)
 		}
+		active = active || wrote
 		if getack {
 			// The replica answers after applying everything before the
 			// GETACK, so its ACK covers every Wait whose target is at or
@@ -201,6 +189,28 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 		case <-ticker.C:
 			ping, active = !active, false
 		}
+	}
+}
+
+// drain writes the stream from the link's cursor to the backlog's end. An
+// evicted link gets an ERROR frame saying so before it is dropped.
+func (l *link[V]) drain(w *bufio.Writer) (wrote bool, err error) {
+	for {
+		chunk, err := l.p.backlog.read(l.cur, 256<<10)
+		if errors.Is(err, ErrReplicaTooSlow) {
+			_, _ = w.Write(appendErrorFrame(nil, codeTooSlow))
+			_ = w.Flush()
+		}
+		if err != nil || len(chunk) == 0 {
+			return wrote, err
+		}
+		// Publish the offset before the bytes can reach the replica, so
+		// that its ACK for them is never taken for a lie.
+		l.sent.Store(l.cur.pos)
+		if _, err := w.Write(chunk); err != nil {
+			return wrote, err
+		}
+		wrote = true
 	}
 }
 

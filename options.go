@@ -27,6 +27,12 @@ const (
 	// for replicas.
 	DefaultReplicaBufferLimit = 256 << 20
 
+	// DefaultReplicaBufferSoftLimit and DefaultReplicaBufferSoftTime make
+	// Redis's soft client-output-buffer-limit for replicas the default: a
+	// replica more than 64 MiB behind for 60 s without a break is dropped.
+	DefaultReplicaBufferSoftLimit = 64 << 20
+	DefaultReplicaBufferSoftTime  = 60 * time.Second
+
 	// DefaultMaxKeySize is the largest key accepted: 64 KiB.
 	DefaultMaxKeySize = 64 << 10
 
@@ -65,6 +71,8 @@ func (f optionFunc) apply(c *config) { f(c) }
 type config struct {
 	backlogSize  int
 	bufferLimit  int
+	softLimit    int
+	softTime     time.Duration
 	maxKeySize   int
 	maxValueSize int
 	maxFrameSize int
@@ -80,6 +88,8 @@ func newConfig(opts []Option) (config, error) {
 	c := config{
 		backlogSize:  DefaultBacklogSize,
 		bufferLimit:  DefaultReplicaBufferLimit,
+		softLimit:    DefaultReplicaBufferSoftLimit,
+		softTime:     DefaultReplicaBufferSoftTime,
 		maxKeySize:   DefaultMaxKeySize,
 		maxValueSize: DefaultMaxValueSize,
 		maxFrameSize: DefaultMaxFrameSize,
@@ -112,6 +122,9 @@ func (c *config) validate() error {
 	}
 	if c.bufferLimit < c.backlogSize {
 		bad("replica buffer limit %d is below the backlog size %d", c.bufferLimit, c.backlogSize)
+	}
+	if c.softLimit < 0 || c.softTime < 0 {
+		bad("replica buffer soft limit %d for %v is negative", c.softLimit, c.softTime)
 	}
 	if c.maxKeySize <= 0 {
 		bad("max key size %d is not positive", c.maxKeySize)
@@ -150,6 +163,19 @@ func WithBacklogSize(bytes int) Option {
 // [DefaultReplicaBufferLimit]. Primary only.
 func WithReplicaBufferLimit(bytes int) Option {
 	return optionFunc(func(c *config) { c.bufferLimit = bytes })
+}
+
+// WithReplicaBufferSoftLimit drops a replica that stays more than bytes
+// behind the primary's stream for d without a break, like Redis's soft
+// client-output-buffer-limit: a replica that cannot keep up for that long
+// is better resynced than followed at ever greater cost. The primary
+// checks as its stream grows, so it drops such a replica at the first
+// write after d has passed. Zero bytes turns the soft limit off; the hard
+// limit (WithReplicaBufferLimit) applies regardless. The defaults are
+// [DefaultReplicaBufferSoftLimit] and [DefaultReplicaBufferSoftTime].
+// Primary only.
+func WithReplicaBufferSoftLimit(bytes int, d time.Duration) Option {
+	return optionFunc(func(c *config) { c.softLimit, c.softTime = bytes, d })
 }
 
 // WithMaxKeySize sets the largest key, in bytes, that Set accepts and that a

@@ -45,6 +45,7 @@ type Primary[V any] struct {
 
 	fullSyncs    atomic.Uint64
 	partialSyncs atomic.Uint64
+	droppedSlow  atomic.Uint64
 
 	frames sync.Pool // *[]byte scratch for encoding records
 }
@@ -60,7 +61,7 @@ func NewPrimary[V any](opts ...Option) (*Primary[V], error) {
 		cfg:       cfg,
 		replID:    newReplID(),
 		store:     newStore[V](),
-		backlog:   newBacklog(cfg.backlogSize, cfg.bufferLimit),
+		backlog:   newBacklog(cfg),
 		listeners: make(map[net.Listener]struct{}),
 	}
 	p.log = cfg.logger.With("primary", p.replID[:8])
@@ -251,6 +252,7 @@ func (p *Primary[V]) Info() PrimaryInfo {
 		Offset:       end,
 		FullSyncs:    p.fullSyncs.Load(),
 		PartialSyncs: p.partialSyncs.Load(),
+		DroppedSlow:  p.droppedSlow.Load(),
 		BacklogFirst: start,
 		BacklogBytes: int(end - start),
 		Keys:         p.store.len(),

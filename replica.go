@@ -274,9 +274,10 @@ type replicaSession[V any] struct {
 	streaming atomic.Bool
 	synced    bool // reached streaming
 
-	target  *replicaData[V] // the data the stream applies to
-	pending bool            // target is a loaded snapshot not yet served
-	until   uint64          // offset at which a pending snapshot is exact
+	target  *replicaData[V]    // the data the stream applies to
+	loader  *snapshotLoader[V] // loads target's store until END
+	pending bool               // target is a loaded snapshot not yet served
+	until   uint64             // offset at which a pending snapshot is exact
 }
 
 // next reads a frame and notes the I/O.
@@ -311,7 +312,7 @@ func (s *replicaSession[V]) receive() error {
 		s.target = cur
 		s.startStreaming()
 	case frameFull:
-		if err := s.loadSnapshot(payload); err != nil {
+		if err := s.startSnapshot(payload); err != nil {
 			return linkError("sync", r.addr, err)
 		}
 	case frameError:
@@ -319,12 +320,18 @@ func (s *replicaSession[V]) receive() error {
 	default:
 		return linkError("handshake", r.addr, fmt.Errorf("%w: unexpected %s in handshake", ErrProtocol, t))
 	}
-	return linkError("stream", r.addr, s.stream())
+	err = s.stream()
+	if s.loader != nil {
+		return linkError("sync", r.addr, err)
+	}
+	return linkError("stream", r.addr, err)
 }
 
-// loadSnapshot reads a snapshot into a fresh store. The store is served
-// only once the stream has brought it to the END offset (see stream).
-func (s *replicaSession[V]) loadSnapshot(full []byte) error {
+// startSnapshot begins a full sync: CHUNKs load into a fresh store, which
+// the stream updates as records arrive, and which is served only once END
+// has checked it and the stream has brought it to END's offset (see
+// stream).
+func (s *replicaSession[V]) startSnapshot(full []byte) error {
 	r := s.r
 	replID, from, err := parseSyncStart(frameFull, full)
 	if err != nil {
@@ -332,41 +339,29 @@ func (s *replicaSession[V]) loadSnapshot(full []byte) error {
 	}
 	r.state.Store(StateSyncing)
 	r.syncKeys.Store(0)
-	loader := newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize)
-	for {
-		t, payload, _, err := s.next()
-		if err != nil {
-			return err
-		}
-		switch t {
-		case frameChunk:
-			if err := loader.chunk(payload); err != nil {
-				return err
-			}
-			r.syncKeys.Store(int64(loader.count))
-			continue
-		case framePing:
-			continue
-		case frameEnd:
-		default:
-			return fmt.Errorf("%w: unexpected %s in snapshot", ErrProtocol, t)
-		}
-		end, err := parseSnapshotEnd(payload)
-		if err != nil {
-			return err
-		}
-		if err := loader.end(end); err != nil {
-			return err
-		}
-		if end.offset < from {
-			return fmt.Errorf("%w: snapshot ends at offset %d before it starts at %d", ErrProtocol, end.offset, from)
-		}
-		s.target = &replicaData[V]{store: loader.store, replID: replID}
-		s.target.offset.Store(from)
-		s.pending, s.until = true, end.offset
-		s.maybeSwap()
-		return nil
+	s.loader = newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize)
+	s.target = &replicaData[V]{store: s.loader.store, replID: replID}
+	s.target.offset.Store(from)
+	return nil
+}
+
+// endSnapshot checks END against what was loaded, then serves the new
+// store as soon as it is exact.
+func (s *replicaSession[V]) endSnapshot(payload []byte) error {
+	end, err := parseSnapshotEnd(payload)
+	if err != nil {
+		return err
 	}
+	if err := s.loader.end(end); err != nil {
+		return err
+	}
+	if from := s.target.offset.Load(); end.offset < from {
+		return fmt.Errorf("%w: snapshot ends at offset %d before the %d already streamed", ErrProtocol, end.offset, from)
+	}
+	s.loader = nil
+	s.pending, s.until = true, end.offset
+	s.maybeSwap()
+	return nil
 }
 
 // maybeSwap serves the pending snapshot once it is exact.
@@ -393,8 +388,9 @@ func (s *replicaSession[V]) startStreaming() {
 	s.r.syncOnce.Do(func() { close(s.r.synced) })
 }
 
-// stream applies data records to the target data until the link fails.
-// Each record is decoded and checked whole before it is applied.
+// stream applies data records to the target data until the link fails,
+// and loads the snapshot whose CHUNKs come between them during a full
+// sync. Each record is decoded and checked whole before it is applied.
 func (s *replicaSession[V]) stream() error {
 	r := s.r
 	for {
@@ -422,6 +418,21 @@ func (s *replicaSession[V]) stream() error {
 			s.target.store.delete(string(payload))
 			s.target.offset.Add(uint64(size))
 			s.maybeSwap()
+		case frameChunk:
+			if s.loader == nil {
+				return fmt.Errorf("%w: %s outside a snapshot", ErrProtocol, t)
+			}
+			if err := s.loader.chunk(payload); err != nil {
+				return err
+			}
+			r.syncKeys.Store(int64(s.loader.count))
+		case frameEnd:
+			if s.loader == nil {
+				return fmt.Errorf("%w: %s outside a snapshot", ErrProtocol, t)
+			}
+			if err := s.endSnapshot(payload); err != nil {
+				return err
+			}
 		case framePing:
 		case frameGetAck:
 			select {

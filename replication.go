@@ -78,6 +78,7 @@ type PrimaryInfo struct {
 	Offset       uint64        // replication offset of the last write
 	FullSyncs    uint64        // full syncs served since start
 	PartialSyncs uint64        // partial resyncs served since start
+	DroppedSlow  uint64        // links dropped since start for falling past a replica buffer limit
 	BacklogFirst uint64        // oldest offset a replica can resume from
 	BacklogBytes int           // stream bytes the backlog holds now
 	Keys         int           // number of keys in the store

@@ -426,6 +426,7 @@ func TestStuckReplicaIsDropped(t *testing.T) {
 		assert.LessOrEqual(t, p.Info().BacklogBytes, limit+2*backlogBlockSize, "the backlog grew past the limit")
 	}
 	waitFor(t, "stuck replica dropped", func() bool { return len(p.Info().Replicas) == 0 })
+	assert.Equal(t, uint64(1), p.Info().DroppedSlow)
 	net.Stall("p", transport.ToDialer, false)
 	net.Refuse("p", false)
 	requireConverged(t, p, r)

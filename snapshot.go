@@ -1,6 +1,7 @@
 package replmap
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -14,11 +15,21 @@ import (
 // the offset E that the walk is complete at.
 //
 // The walk does not stop the world: it copies one shard at a time while
-// writers go on, so it may see some writes made after O. The link's cursor
-// is pinned at O, and the stream from O follows END; once a replica has
-// applied it up to E, its copy equals the primary's at E, since every
-// write is a blind Set or Delete and replaying one is harmless.
-func (l *link[V]) sendSnapshot(ctx context.Context, w io.Writer) error {
+// writers go on, so it may see some writes made after O. Once a replica
+// has applied the stream from O up to E, its copy equals the primary's at
+// E, since every write is a blind Set or Delete and replaying one is
+// harmless.
+//
+// The stream is not held back until END: between shards, once the copied
+// entries have been written, the link sends the records written so far.
+// Every record sent before a shard's entries was in the store when the
+// shard was copied, and every later one follows them, so the replica can
+// apply records to the store it is loading as they come. The primary then
+// buffers only what the link has not yet had time to send, and a replica
+// that can keep up with the writes always finishes its sync, however long
+// the snapshot takes (no full-sync loop, unlike a replica whose stream
+// waits in an output buffer until the snapshot is done).
+func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) error {
 	p := l.p
 	p.writeMu.Lock()
 	from := p.backlog.end.Load()
@@ -44,6 +55,14 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w io.Writer) error {
 			}
 		}
 		clear(entries) // drop the references before the next shard
+		if p.backlog.end.Load() > l.cur.pos {
+			if err := sw.flush(); err != nil {
+				return err
+			}
+			if _, err := l.drain(w); err != nil {
+				return err
+			}
+		}
 	}
 	// Every write the walk saw has finished appending to the backlog once
 	// the write lock is free, so E covers them all.
