@@ -169,6 +169,14 @@ type frameReader struct {
 	r   *bufio.Reader
 	max int // largest length accepted (type + payload)
 	buf []byte
+
+	// timeout, if positive, bounds how long a frame may take to arrive
+	// once its header has. Without it, a header whose length was
+	// corrupted into a larger plausible one would make the reader wait
+	// for bytes that keep coming (heartbeats, later records) and take
+	// them as the payload, stalling the stream silently until the CRC
+	// finally fails, perhaps megabytes later.
+	timeout time.Duration
 }
 
 func newFrameReader(r io.Reader, maxFrame int) *frameReader {
@@ -191,12 +199,20 @@ func (fr *frameReader) next() (frameType, []byte, int, error) {
 	}
 	// Read payload and CRC, growing the buffer only as bytes arrive.
 	want := n - 1 + frameCRCSize
+	var start time.Time
+	if fr.timeout > 0 && fr.r.Buffered() < want {
+		start = time.Now()
+	}
 	fr.buf = fr.buf[:0]
 	for len(fr.buf) < want {
-		step := min(want-len(fr.buf), readChunk)
-		fr.buf = slices.Grow(fr.buf, step)
-		m, err := io.ReadFull(fr.r, fr.buf[len(fr.buf):len(fr.buf)+step])
+		if len(fr.buf) == cap(fr.buf) {
+			fr.buf = slices.Grow(fr.buf, min(want-len(fr.buf), readChunk))
+		}
+		m, err := fr.r.Read(fr.buf[len(fr.buf):min(cap(fr.buf), want)])
 		fr.buf = fr.buf[:len(fr.buf)+m]
+		if err == nil && len(fr.buf) < want && !start.IsZero() && time.Since(start) > fr.timeout {
+			err = fmt.Errorf("%w: %s frame of %d bytes incomplete after %v", ErrLinkTimeout, frameType(hdr[4]), n, fr.timeout)
+		}
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"testing/iotest"
+	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -53,4 +55,35 @@ func TestFrameRoundTrip(t *testing.T) {
 	}
 	_, _, _, err := fr.next()
 	assert.ErrorIs(t, err, io.EOF)
+}
+
+// TestFrameReaderTimesOutAFrameThatNeverEnds feeds a header promising more
+// bytes than will come soon, then a trickle that keeps the connection busy
+// (as heartbeats would after a corrupted length): the reader must give up
+// after its timeout instead of waiting for the whole declared length.
+func TestFrameReaderTimesOutAFrameThatNeverEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pr, pw := io.Pipe()
+		done := make(chan struct{})
+		defer func() { pr.Close(); <-done }()
+		go func() {
+			defer close(done)
+			hdr := binary.BigEndian.AppendUint32(nil, 1<<20)
+			if _, err := pw.Write(append(hdr, byte(frameSet))); err != nil {
+				return
+			}
+			for {
+				time.Sleep(time.Second)
+				if _, err := pw.Write(pingFrame); err != nil {
+					return
+				}
+			}
+		}()
+		fr := newFrameReader(pr, DefaultMaxFrameSize)
+		fr.timeout = 5 * time.Second
+		start := time.Now()
+		_, _, _, err := fr.next()
+		require.ErrorIs(t, err, ErrLinkTimeout)
+		assert.Equal(t, 6*time.Second, time.Since(start), "gave up at the first read after the timeout")
+	})
 }

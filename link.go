@@ -82,6 +82,7 @@ func (p *Primary[V]) serveLink(conn net.Conn) {
 	addr := conn.RemoteAddr().String()
 	dc := deadlineConn{Conn: conn, timeout: p.cfg.linkTimeout}
 	fr := newFrameReader(dc, p.cfg.maxFrameSize)
+	fr.timeout = p.cfg.linkTimeout
 	h, err := readHello(fr)
 	if err != nil {
 		if errors.Is(err, ErrVersion) {

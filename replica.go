@@ -253,6 +253,7 @@ func (r *Replica[V]) session() (synced bool, err error) {
 		fr:     newFrameReader(dc, r.cfg.maxFrameSize),
 		ackNow: make(chan struct{}, 1),
 	}
+	s.fr.timeout = r.cfg.linkTimeout
 	var wg sync.WaitGroup
 	wg.Go(func() { cancel(s.heartbeat(ctx, dc)) })
 	cancel(s.receive())
