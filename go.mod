@@ -3,6 +3,7 @@ module github.com/replmap/replmap
 go 1.25.0
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/hashicorp/go-msgpack/v2 v2.1.5
 	github.com/stretchr/testify v1.11.1
 	go.uber.org/goleak v1.3.0

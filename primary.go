@@ -48,6 +48,11 @@ type Primary[V any] struct {
 	droppedSlow  atomic.Uint64
 
 	frames sync.Pool // *[]byte scratch for encoding records
+
+	// testHookWrite, if set before the first write, is called under
+	// writeMu with each record appended to the stream and the offset it
+	// ends at, so tests can know the primary's state at every offset.
+	testHookWrite func(record []byte, end uint64)
 }
 
 // NewPrimary returns a Primary with an empty store. It reports every
@@ -165,7 +170,7 @@ func (p *Primary[V]) Set(key string, value V) error {
 			err = ErrClosed
 		} else {
 			p.store.set(key, value)
-			p.backlog.append(frame)
+			p.appendRecord(frame)
 		}
 		p.writeMu.Unlock()
 	}
@@ -191,7 +196,7 @@ func (p *Primary[V]) Delete(key string) error {
 	if p.closed() {
 		err = ErrClosed
 	} else if existed = p.store.delete(key); existed {
-		p.backlog.append(frame)
+		p.appendRecord(frame)
 	}
 	p.writeMu.Unlock()
 	p.putFrameBuf(buf, frame)
@@ -199,6 +204,15 @@ func (p *Primary[V]) Delete(key string) error {
 		p.wakeLinks()
 	}
 	return err
+}
+
+// appendRecord adds a write's record to the stream. The caller holds
+// writeMu and has applied the write to the store.
+func (p *Primary[V]) appendRecord(frame []byte) {
+	p.backlog.append(frame)
+	if p.testHookWrite != nil {
+		p.testHookWrite(frame, p.backlog.end.Load())
+	}
 }
 
 func (p *Primary[V]) frameBuf() *[]byte {
