@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"maps"
 	"runtime"
 	"testing"
 	"testing/iotest"
@@ -163,5 +164,73 @@ func FuzzStreamRecord(f *testing.F) {
 		}
 		_, _ = decodeValue[string](raw)
 		checkAlloc(t, uint64(64*len(raw))+1<<20, func() { _, _ = decodeValue[any](raw) })
+	})
+}
+
+// FuzzReplicaStream runs a replica's side of a link on arbitrary bytes from
+// the primary: the handshake reply, a snapshot whose CHUNKs may interleave
+// with records, and the stream. It must never panic, must allocate within
+// a multiple of the input, and must end serving the same data however the
+// input is split into reads; what it serves is either its old data or
+// data from a snapshot that verified.
+func FuzzReplicaStream(f *testing.F) {
+	var full bytes.Buffer
+	full.Write(appendSyncStart(nil, frameFull, "id", 10))
+	rec1, _ := appendSetFrame(nil, "b", "x", 1<<10)
+	full.Write(rec1)
+	sw := snapshotWriter{w: &full}
+	_ = addEntry(&sw, "a", "1")
+	_ = addEntry(&sw, "b", "2")
+	_ = sw.flush()
+	full.Write(appendDelFrame(nil, "a"))
+	_ = sw.finish(uint64(10 + len(rec1) + len(appendDelFrame(nil, "a"))))
+	full.Write(pingFrame)
+	full.Write(rec1)
+	f.Add(full.Bytes(), 7)
+	cont := appendSyncStart(nil, frameContinue, "old", 5)
+	cont = append(cont, rec1...)
+	cont = append(cont, getAckFrame...)
+	cont = append(cont, appendDelFrame(nil, "b")...)
+	f.Add(cont, 3)
+	f.Fuzz(func(t *testing.T, data []byte, split int) {
+		run := func(r io.Reader) *Replica[string] {
+			rep := &Replica[string]{
+				cfg:    config{maxKeySize: 64, maxValueSize: 1 << 10},
+				addr:   "fuzz",
+				synced: make(chan struct{}),
+			}
+			old := &replicaData[string]{store: newStore[string](), replID: "old"}
+			old.store.set("old", "data")
+			old.offset.Store(5)
+			rep.data.Store(old)
+			rep.state.Store(StateConnecting)
+			s := &replicaSession[string]{r: rep, fr: newFrameReader(r, 4<<10), ackNow: make(chan struct{}, 1)}
+			if err := s.receive(); err == nil {
+				t.Fatal("receive returned nil at the end of the input")
+			}
+			return rep
+		}
+		var whole *Replica[string]
+		checkAlloc(t, uint64(300*len(data))+1<<20, func() { whole = run(bytes.NewReader(data)) })
+		if split < 0 {
+			split = -split
+		}
+		split %= len(data) + 1
+		halves := run(io.MultiReader(bytes.NewReader(data[:split]), bytes.NewReader(data[split:])))
+		bytewise := run(iotest.OneByteReader(bytes.NewReader(data)))
+		want := snapshotOf(whole.All())
+		for _, got := range []*Replica[string]{halves, bytewise} {
+			if got.Offset() != whole.Offset() || got.Info().ReplID != whole.Info().ReplID || !maps.Equal(snapshotOf(got.All()), want) {
+				t.Fatalf("split reads served different data: %s/%d vs %s/%d",
+					got.Info().ReplID, got.Offset(), whole.Info().ReplID, whole.Offset())
+			}
+		}
+		if id := whole.Info().ReplID; id == "old" {
+			if v, _ := whole.Get("old"); v != "data" || whole.Offset() < 5 {
+				t.Fatalf("the old data changed without a sync: offset %d", whole.Offset())
+			}
+		} else if whole.Info().FullSyncs != 1 {
+			t.Fatalf("serving %s without a completed full sync", id)
+		}
 	})
 }
