@@ -40,7 +40,12 @@
 // offset. While the primary's backlog ([WithBacklogSize]) still holds the
 // stream from there, only the missing tail is sent (a partial resync);
 // otherwise the replica receives a new snapshot (a full sync), loads it
-// aside, and swaps it in atomically, serving its old data until then.
+// aside, and swaps it in atomically, serving its old data until then. The
+// stream flows during the snapshot, so a replica that keeps up with the
+// writes finishes its sync however long the snapshot takes. A replica that
+// falls too far behind ([WithReplicaBufferLimit],
+// [WithReplicaBufferSoftLimit]) is dropped and resyncs later, so it cannot
+// exhaust the primary's memory.
 //
 // # Lifecycle
 //
