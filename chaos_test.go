@@ -236,12 +236,16 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 	t.Logf("seed %d: %d primary ops, %d writes, stats %v", seed, len(c.ops), len(c.records), c.stats)
 }
 
+// startReplica starts a new instance in s. It holds s's lock from before
+// the instance exists until it is listed, so a waiter that checks s after
+// its Wait returned sees every instance that Wait could have counted.
 func (c *chaosRun) startReplica(s *replicaSlot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	born := c.clock.Add(1)
 	r, err := NewReplica[string](c.tr, s.proxy.Addr(), append(c.opts, WithReplicaName(s.name))...)
 	require.NoError(c.t, err)
-	s.mu.Lock()
-	s.gens = append(s.gens, &replicaGen{r: r, born: c.clock.Add(1)})
-	s.mu.Unlock()
+	s.gens = append(s.gens, &replicaGen{r: r, born: born})
 }
 
 func (c *chaosRun) fail(format string, args ...any) {
@@ -350,18 +354,27 @@ func (c *chaosRun) waiter(ctx context.Context, rng *rand.Rand) {
 			c.fail("Wait(%d): %v", n, err)
 		}
 		have := 0
+		var seen []string
 		for _, s := range c.slots {
 			s.mu.Lock()
+			var offs []uint64
 			for _, g := range s.gens {
+				offs = append(offs, g.r.Offset())
 				if g.born < ret && g.r.Offset() >= target {
 					have++
 					break
 				}
 			}
+			seen = append(seen, fmt.Sprintf("%s%v", s.name, offs))
 			s.mu.Unlock()
 		}
 		if have < k {
-			c.fail("Wait(%d) returned %d for offset %d, but only %d replicas had applied it", n, k, target, have)
+			var links []string
+			for _, l := range c.p.Info().Replicas {
+				links = append(links, fmt.Sprintf("%s@%s acked %d", l.ID, l.Addr, l.AckOffset))
+			}
+			c.fail("Wait(%d) returned %d for offset %d, but only %d replicas had applied it: replicas %v, links now %v",
+				n, k, target, have, seen, links)
 		}
 		c.mu.Lock()
 		c.stats["waits"]++
