@@ -168,6 +168,7 @@ func appendString(dst []byte, s string) []byte {
 type frameReader struct {
 	r   *bufio.Reader
 	max int // largest length accepted (type + payload)
+	hdr [frameHeaderSize]byte
 	buf []byte
 
 	// timeout, if positive, bounds how long a frame may take to arrive
@@ -186,8 +187,8 @@ func newFrameReader(r io.Reader, maxFrame int) *frameReader {
 // next returns the next frame's type and payload and its size on the wire.
 // The payload is valid until the next call.
 func (fr *frameReader) next() (frameType, []byte, int, error) {
-	var hdr [frameHeaderSize]byte
-	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
+	hdr := fr.hdr[:] // a field, not a local: ReadFull would move a local to the heap
+	if _, err := io.ReadFull(fr.r, hdr); err != nil {
 		return 0, nil, 0, err
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:4]))
@@ -221,7 +222,7 @@ func (fr *frameReader) next() (frameType, []byte, int, error) {
 		}
 	}
 	payload := fr.buf[:n-1]
-	crc := crc32.Update(crc32.Checksum(hdr[:], castagnoli), castagnoli, payload)
+	crc := crc32.Update(crc32.Checksum(hdr, castagnoli), castagnoli, payload)
 	if got := binary.BigEndian.Uint32(fr.buf[n-1:]); got != crc {
 		return 0, nil, 0, fmt.Errorf("%w: %s frame", ErrChecksum, frameType(hdr[4]))
 	}
