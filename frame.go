@@ -404,25 +404,39 @@ func errorFromFrame(payload []byte) error {
 	return codeError(code)
 }
 
-// deadlineConn sets a fresh deadline before every read or write that
-// reaches the connection, so a peer that goes silent, or stops reading,
-// fails the link after the timeout instead of blocking it forever. It sits
-// under the bufio layers, so the cost is per system call, not per frame.
+// deadlineConn keeps a deadline ahead of every read and write that reaches
+// the connection, so a peer that goes silent, or stops reading, fails the
+// link after the timeout instead of blocking it forever. It sits under the
+// bufio layers, so it acts per system call, not per frame; and it pushes a
+// deadline forward only once a sixteenth of the timeout has passed since
+// it last did, so a busy link does not reset a timer on every call. A link
+// therefore fails after between 15/16 of the timeout and the whole of it.
+//
+// Reads and writes each keep their own state: one goroutine may read while
+// another writes, but neither may be used by two goroutines at once.
 type deadlineConn struct {
 	net.Conn
 	timeout time.Duration
+	read    time.Time // when the read deadline was last pushed
+	write   time.Time // likewise for writes
 }
 
-func (c deadlineConn) Read(b []byte) (int, error) {
-	if err := c.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
-		return 0, err
+func (c *deadlineConn) Read(b []byte) (int, error) {
+	if now := time.Now(); now.Sub(c.read) >= c.timeout/16 {
+		if err := c.SetReadDeadline(now.Add(c.timeout)); err != nil {
+			return 0, err
+		}
+		c.read = now
 	}
 	return c.Conn.Read(b)
 }
 
-func (c deadlineConn) Write(b []byte) (int, error) {
-	if err := c.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
-		return 0, err
+func (c *deadlineConn) Write(b []byte) (int, error) {
+	if now := time.Now(); now.Sub(c.write) >= c.timeout/16 {
+		if err := c.SetWriteDeadline(now.Add(c.timeout)); err != nil {
+			return 0, err
+		}
+		c.write = now
 	}
 	return c.Conn.Write(b)
 }

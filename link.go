@@ -80,7 +80,7 @@ func (p *Primary[V]) serveLink(conn net.Conn) {
 	defer conn.Close()
 
 	addr := conn.RemoteAddr().String()
-	dc := deadlineConn{Conn: conn, timeout: p.cfg.linkTimeout}
+	dc := &deadlineConn{Conn: conn, timeout: p.cfg.linkTimeout}
 	fr := newFrameReader(dc, p.cfg.maxFrameSize)
 	fr.timeout = p.cfg.linkTimeout
 	h, err := readHello(fr)

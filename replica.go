@@ -241,7 +241,7 @@ func (r *Replica[V]) session() (synced bool, err error) {
 	defer closeWhenDone(ctx, conn)()
 	defer conn.Close()
 
-	dc := deadlineConn{Conn: conn, timeout: r.cfg.linkTimeout}
+	dc := &deadlineConn{Conn: conn, timeout: r.cfg.linkTimeout}
 	cur := r.data.Load()
 	h := hello{version: protocolVersion, replID: cur.replID, offset: cur.offset.Load(), name: r.name}
 	if _, err := dc.Write(appendHello(nil, h)); err != nil {
