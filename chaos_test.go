@@ -208,6 +208,14 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 	stop()
 	wg.Wait()
 
+	c.checkLinearizable()
+	c.checkReplicaReads()
+	c.mu.Lock()
+	for _, f := range c.failures {
+		t.Error(f)
+	}
+	c.mu.Unlock()
+
 	// Faults over: every replica must converge exactly.
 	for _, s := range c.slots {
 		s.proxy.Heal()
@@ -218,13 +226,6 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 	}
 	requireConverged(t, p, rs...)
 
-	c.checkLinearizable()
-	c.checkReplicaReads()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, f := range c.failures {
-		t.Error(f)
-	}
 	info := p.Info()
 	c.stats["full syncs"] = int(info.FullSyncs)
 	c.stats["partial syncs"] = int(info.PartialSyncs)
