@@ -92,6 +92,12 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(appendSyncStart(nil, frameFull, "abc", 99)[5:])
 	f.Add(appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 2, offset: 3})[5:])
 	f.Fuzz(func(t *testing.T, payload []byte) {
+		// Parsing copies at most the strings it finds.
+		checkAlloc(t, uint64(4*len(payload))+1<<10, func() {
+			_, _ = parseHello(payload)
+			_, _, _ = parseSyncStart(frameFull, payload)
+			_, _ = parseSnapshotEnd(payload)
+		})
 		// Varints may arrive in non-canonical form, so the round trip
 		// compares values: parse, encode, parse again.
 		if h, err := parseHello(payload); err == nil {
