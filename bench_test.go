@@ -97,9 +97,13 @@ func BenchmarkSetWith2Replicas(b *testing.B) {
 // BenchmarkWaitRoundTrip measures Set followed by Wait(1, 0) with one
 // in-memory replica: one GETACK/ACK round trip per op.
 func BenchmarkWaitRoundTrip(b *testing.B) {
-	net := transport.NewInmem()
-	p := startPrimary[[]byte](b, net, "p")
-	r := startReplica[[]byte](b, net, "p")
+	b.Run("inmem", func(b *testing.B) { benchWaitRoundTrip(b, transport.NewInmem(), "p") })
+	b.Run("tcp", func(b *testing.B) { benchWaitRoundTrip(b, transport.NewTCP(), "127.0.0.1:0") })
+}
+
+func benchWaitRoundTrip(b *testing.B, tr transport.Transport, addr string) {
+	p, addr := startPrimaryAddr[[]byte](b, tr, addr, WithLogger(nil))
+	r := startReplica[[]byte](b, tr, addr, WithLogger(nil))
 	waitSynced(b, r)
 	val := []byte("value")
 	b.ReportAllocs()
