@@ -93,7 +93,7 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 2, offset: 3})[5:])
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		// Parsing copies at most the strings it finds.
-		checkAlloc(t, uint64(4*len(payload))+1<<10, func() {
+		checkAlloc(t, uint64(4*len(payload))+64<<10, func() {
 			_, _ = parseHello(payload)
 			_, _, _ = parseSyncStart(frameFull, payload)
 			_, _ = parseSnapshotEnd(payload)
