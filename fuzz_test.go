@@ -210,7 +210,7 @@ func FuzzReplicaStream(f *testing.F) {
 			old.offset.Store(5)
 			rep.data.Store(old)
 			rep.state.Store(StateConnecting)
-			s := &replicaSession[string]{r: rep, fr: newFrameReader(r, 4<<10), ackNow: make(chan struct{}, 1)}
+			s := &replicaSession[string]{r: rep, fr: newFrameReader(r, 4<<10), w: io.Discard}
 			if err := s.receive(); err == nil {
 				t.Fatal("receive returned nil at the end of the input")
 			}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,9 +28,24 @@ type link[V any] struct {
 	cancel context.CancelCauseFunc
 
 	wake   chan struct{} // the stream grew
-	getack chan struct{} // a Wait wants an ACK
+	getack chan struct{} // a Wait wants an ACK and could not write it itself
 
-	cur         *cursor       // position in the backlog; owned by the sender
+	// wmu guards the connection's write side: bw and cur. The sender holds
+	// it while it writes; a Wait, or the receiver on an ACK, takes it only
+	// if it is free, to write a GETACK at once (see requestAck).
+	wmu    sync.Mutex
+	bw     *bufio.Writer
+	cur    *cursor     // position in the backlog
+	active atomic.Bool // something was written since the last heartbeat
+
+	// ackMu guards the GETACK state: at most one GETACK is outstanding per
+	// link; Waits that need more while it is out are served by one more
+	// GETACK sent when its ACK comes back, so one round trip serves every
+	// waiter that arrived during the previous one.
+	ackMu    sync.Mutex
+	inflight bool // a GETACK was requested and its ACK has not come
+	more     bool // a Wait needs a GETACK after the one in flight
+
 	sent        atomic.Uint64 // stream offset handed to the connection
 	asked       atomic.Uint64 // stream offset the last GETACK followed
 	ack         atomic.Int64  // highest offset acknowledged; -1 before the first ACK
@@ -118,9 +134,12 @@ func (p *Primary[V]) serveLink(conn net.Conn) {
 	wg.Wait()
 
 	p.removeLink(l)
+	l.wmu.Lock() // wait out a GETACK being written by a Wait
+	l.streaming.Store(false)
 	if l.cur != nil {
 		p.backlog.release(l.cur)
 	}
+	l.wmu.Unlock()
 	if err := context.Cause(ctx); !errors.Is(err, ErrClosed) {
 		log.Info("replica link closed", "err", err)
 	}
@@ -142,54 +161,176 @@ func readHello(fr *frameReader) (hello, error) {
 // heartbeat in which nothing else was sent.
 func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 	p := l.p
-	bw := bufio.NewWriterSize(w, 64<<10)
+	l.wmu.Lock()
+	l.bw = bufio.NewWriterSize(w, 64<<10)
+	var err error
 	if l.cur == nil {
-		if err := l.sendSnapshot(ctx, bw); err != nil {
-			return linkError("sync", l.addr, err)
-		}
+		err = l.sendSnapshot(ctx, l.bw)
 	} else {
 		p.partialSyncs.Add(1)
-		if _, err := bw.Write(appendSyncStart(nil, frameContinue, p.replID, l.cur.pos)); err != nil {
-			return linkError("sync", l.addr, err)
-		}
+		_, err = l.bw.Write(appendSyncStart(nil, frameContinue, p.replID, l.cur.pos))
+	}
+	l.wmu.Unlock()
+	if err != nil {
+		return linkError("sync", l.addr, err)
 	}
 	l.streaming.Store(true)
 
 	ticker := time.NewTicker(p.cfg.heartbeat)
 	defer ticker.Stop()
-	var getack, ping, active bool
+	var getack, ping bool
 	for {
-		wrote, err := l.drain(bw)
-		if err != nil {
-			return linkError("stream", l.addr, err)
-		}
-		active = active || wrote
-		if getack {
-			// The replica answers after applying everything before the
-			// GETACK, so its ACK covers every Wait whose target is at or
-			// below asked: those need not ask again.
-			l.asked.Store(l.cur.pos)
-			_, _ = bw.Write(getAckFrame)
-			getack, active = false, true
-		}
-		if ping {
-			_, _ = bw.Write(pingFrame)
-			ping = false
-		}
-		if bw.Buffered() > 0 {
-			if err := bw.Flush(); err != nil {
+		// If a Wait is writing a GETACK, let it write the stream too (it
+		// wakes this goroutine again if the stream grew meanwhile) rather
+		// than queue behind it, which costs a hand-off on the way out.
+		if l.wmu.TryLock() || (getack || ping) && lockOrDone(ctx, &l.wmu) {
+			err := l.flush(getack, ping)
+			l.wmu.Unlock()
+			if err != nil {
 				return linkError("stream", l.addr, err)
 			}
+			getack, ping = false, false
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-l.wake:
+			// Let the writers that are ready to run append their records
+			// first, so that one system call carries them all. With no
+			// other goroutine to run this returns at once.
+			runtime.Gosched()
 		case <-l.getack:
 			getack = true
 		case <-ticker.C:
-			ping, active = !active, false
+			ping = !l.active.Swap(false)
 		}
+	}
+}
+
+// lockOrDone locks mu, and reports false if ctx ended first.
+func lockOrDone(ctx context.Context, mu *sync.Mutex) bool {
+	mu.Lock()
+	if ctx.Err() != nil {
+		mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// flush writes the stream up to the backlog's end, then a GETACK or a
+// PING if asked, and flushes. The caller holds wmu.
+func (l *link[V]) flush(getack, ping bool) error {
+	wrote, err := l.drain(l.bw)
+	if err != nil {
+		return err
+	}
+	if getack {
+		// The replica answers after applying everything before the
+		// GETACK, so its ACK covers every Wait whose target is at or
+		// below asked.
+		l.asked.Store(l.cur.pos)
+		_, _ = l.bw.Write(getAckFrame)
+		wrote = true
+	}
+	if ping {
+		_, _ = l.bw.Write(pingFrame)
+	}
+	if wrote {
+		l.active.Store(true)
+	}
+	if l.bw.Buffered() > 0 {
+		return l.bw.Flush()
+	}
+	return nil
+}
+
+// requestAck asks the replica to acknowledge target, unless it has or a
+// GETACK that will cover it is already out. If the write side is free it
+// writes the GETACK on the calling goroutine, which saves waking the
+// sender: a Wait's round trip is then one network round trip.
+func (l *link[V]) requestAck(target uint64) {
+	if off, ok := l.acked(); ok && off >= target {
+		return
+	}
+	l.ackMu.Lock()
+	if l.inflight {
+		if l.asked.Load() < target {
+			l.more = true
+		}
+		l.ackMu.Unlock()
+		return
+	}
+	l.inflight = true
+	l.ackMu.Unlock()
+	l.sendGetAck()
+}
+
+func (l *link[V]) wakeSender() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *link[V]) inlineOK() bool {
+	ack, ok := l.acked()
+	sent := l.sent.Load()
+	return ok && l.streaming.Load() &&
+		l.p.backlog.end.Load()-sent <= inlineMaxPending && sent-ack <= inlineMaxUnacked
+}
+
+// acknowledged updates the GETACK state for an ACK of off, sending the
+// next GETACK if Waits asked for one while the last was out.
+func (l *link[V]) acknowledged(off uint64) {
+	l.ackMu.Lock()
+	if !l.inflight || off < l.asked.Load() {
+		l.ackMu.Unlock()
+		return
+	}
+	next := l.more
+	l.inflight, l.more = next, false
+	l.ackMu.Unlock()
+	if next {
+		// The ACK has just released waiters, which will write again and
+		// Wait: let those that are ready run first, so this GETACK
+		// covers their writes too rather than leave them for the next.
+		runtime.Gosched()
+		l.sendGetAck()
+	}
+}
+
+// Limits on writing a GETACK from a Wait's goroutine: the stream still to
+// drain, and the bytes sent but not acknowledged. Below them the write fits
+// in the socket buffers and does not block even if the replica has just
+// stopped reading, so a Wait's timeout is not held up by a stuck replica.
+const (
+	inlineMaxPending = 16 << 10
+	inlineMaxUnacked = 64 << 10
+)
+
+// sendGetAck writes a GETACK now if the write side is free, the link is
+// streaming and the replica is keeping up; otherwise it leaves it to the
+// sender.
+func (l *link[V]) sendGetAck() {
+	if l.inlineOK() && l.wmu.TryLock() {
+		if l.streaming.Load() { // not torn down meanwhile
+			err := l.flush(true, false)
+			l.wmu.Unlock()
+			if err != nil {
+				l.cancel(linkError("stream", l.addr, err))
+			}
+			// The sender may have given way to this write while the
+			// stream grew: make sure it looks again.
+			if l.p.backlog.end.Load() > l.sent.Load() {
+				l.wakeSender()
+			}
+			return
+		}
+		l.wmu.Unlock()
+	}
+	select {
+	case l.getack <- struct{}{}:
+	default:
 	}
 }
 
@@ -241,6 +382,7 @@ func (l *link[V]) receive(fr *frameReader) error {
 				l.ack.Store(int64(off))
 				l.p.ackAdvanced()
 			}
+			l.acknowledged(off)
 		case framePing:
 		default:
 			return linkError("stream", l.addr, fmt.Errorf("%w: unexpected %s from replica", ErrProtocol, t))

@@ -249,13 +249,13 @@ func (r *Replica[V]) session() (synced bool, err error) {
 	}
 
 	s := &replicaSession[V]{
-		r:      r,
-		fr:     newFrameReader(dc, r.cfg.maxFrameSize),
-		ackNow: make(chan struct{}, 1),
+		r:  r,
+		fr: newFrameReader(dc, r.cfg.maxFrameSize),
+		w:  dc,
 	}
 	s.fr.timeout = r.cfg.linkTimeout
 	var wg sync.WaitGroup
-	wg.Go(func() { cancel(s.heartbeat(ctx, dc)) })
+	wg.Go(func() { cancel(s.heartbeat(ctx)) })
 	cancel(s.receive())
 	wg.Wait()
 	if err := context.Cause(ctx); !errors.Is(err, ErrClosed) {
@@ -266,9 +266,14 @@ func (r *Replica[V]) session() (synced bool, err error) {
 
 // replicaSession is the state of one connection to the primary.
 type replicaSession[V any] struct {
-	r      *Replica[V]
-	fr     *frameReader
-	ackNow chan struct{} // the primary sent GETACK
+	r  *Replica[V]
+	fr *frameReader
+
+	// wmu serialises writes: ACKs written by the receiving goroutine on
+	// GETACK, and the heartbeat's.
+	wmu    sync.Mutex
+	w      io.Writer
+	ackBuf []byte
 
 	// streaming is set once the data being served is the data this
 	// session updates, so ACKs report offsets in the primary's stream.
@@ -376,10 +381,8 @@ func (s *replicaSession[V]) maybeSwap() {
 	s.r.syncKeys.Store(0)
 	s.startStreaming()
 	// Tell the primary at once, so a Wait need not wait for a heartbeat.
-	select {
-	case s.ackNow <- struct{}{}:
-	default:
-	}
+	// A failed write fails the next read too, so its error can go.
+	_ = s.writeAck()
 }
 
 func (s *replicaSession[V]) startStreaming() {
@@ -436,9 +439,12 @@ func (s *replicaSession[V]) stream() error {
 			}
 		case framePing:
 		case frameGetAck:
-			select {
-			case s.ackNow <- struct{}{}:
-			default:
+			// Answer on this goroutine, which has just applied everything
+			// before the GETACK: no hand-off, so a Wait costs one round trip.
+			if s.streaming.Load() {
+				if err := s.writeAck(); err != nil {
+					return err
+				}
 			}
 		case frameError:
 			return errorFromFrame(payload)
@@ -448,26 +454,36 @@ func (s *replicaSession[V]) stream() error {
 	}
 }
 
-// heartbeat writes an ACK with the applied offset every heartbeat and on
-// GETACK, or a PING while a full sync is still loading.
-func (s *replicaSession[V]) heartbeat(ctx context.Context, w io.Writer) error {
+// heartbeat writes an ACK with the applied offset every heartbeat, or a
+// PING while a full sync is still loading.
+func (s *replicaSession[V]) heartbeat(ctx context.Context) error {
 	ticker := time.NewTicker(s.r.cfg.heartbeat)
 	defer ticker.Stop()
-	var buf []byte
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
-		case <-s.ackNow:
 		}
+		var err error
 		if s.streaming.Load() {
-			buf = appendU64Frame(buf[:0], frameAck, s.r.data.Load().offset.Load())
+			err = s.writeAck()
 		} else {
-			buf = append(buf[:0], pingFrame...)
+			s.wmu.Lock()
+			_, err = s.w.Write(pingFrame)
+			s.wmu.Unlock()
 		}
-		if _, err := w.Write(buf); err != nil {
+		if err != nil {
 			return linkError("stream", s.r.addr, err)
 		}
 	}
+}
+
+// writeAck writes an ACK of the offset applied so far.
+func (s *replicaSession[V]) writeAck() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.ackBuf = appendU64Frame(s.ackBuf[:0], frameAck, s.r.data.Load().offset.Load())
+	_, err := s.w.Write(s.ackBuf)
+	return err
 }

@@ -83,17 +83,10 @@ func (p *Primary[V]) ackCount(target uint64) int {
 }
 
 // requestAcks asks every replica that has not acknowledged target yet to
-// acknowledge now. Requests to one link coalesce until it sends one GETACK,
-// which follows all the data written before the request; and no request is
-// made while a GETACK that follows target is awaiting its answer.
+// acknowledge now (see link.requestAck for how requests are shared).
 func (p *Primary[V]) requestAcks(target uint64) {
 	for _, l := range p.linkList() {
-		if off, ok := l.acked(); (!ok || off < target) && l.asked.Load() < target {
-			select {
-			case l.getack <- struct{}{}:
-			default:
-			}
-		}
+		l.requestAck(target)
 	}
 }
 
@@ -106,16 +99,25 @@ func (p *Primary[V]) ackAdvanced() {
 type waitList struct {
 	mu      sync.Mutex
 	waiters map[*waiter]struct{}
+
+	// pool recycles waiters with their channels: a Wait is often on a hot
+	// path. It belongs to one Primary, so that its channels stay in the
+	// goroutines' world they were made in (testing/synctest's bubbles).
+	pool sync.Pool
 }
 
 type waiter struct {
 	target uint64        // offset to be acknowledged
 	n      int           // replicas needed
-	ready  chan struct{} // closed when n replicas acknowledged target
+	ready  chan struct{} // receives once n replicas acknowledged target
 }
 
 func (l *waitList) add(target uint64, n int) *waiter {
-	w := &waiter{target: target, n: n, ready: make(chan struct{})}
+	w, ok := l.pool.Get().(*waiter)
+	if !ok {
+		w = &waiter{ready: make(chan struct{}, 1)}
+	}
+	w.target, w.n = target, n
 	l.mu.Lock()
 	if l.waiters == nil {
 		l.waiters = make(map[*waiter]struct{})
@@ -125,10 +127,17 @@ func (l *waitList) add(target uint64, n int) *waiter {
 	return w
 }
 
+// remove forgets w and returns it to the pool. Once it is out of the
+// list nothing sends on its channel, so draining it leaves it empty.
 func (l *waitList) remove(w *waiter) {
 	l.mu.Lock()
 	delete(l.waiters, w)
 	l.mu.Unlock()
+	select {
+	case <-w.ready:
+	default:
+	}
+	l.pool.Put(w)
 }
 
 // notify releases every waiter whose target count(target) says is met.
@@ -144,7 +153,7 @@ func (l *waitList) notify(count func(target uint64) int) {
 			last, k = w.target, count(w.target)
 		}
 		if k >= w.n {
-			close(w.ready)
+			w.ready <- struct{}{} // never blocks: sent once while listed
 			delete(l.waiters, w)
 		}
 	}

@@ -2,6 +2,8 @@ package replmap
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -230,4 +232,142 @@ func TestOneAckReleasesManyWaiters(t *testing.T) {
 		}
 		t.Logf("50 waiters triggered %d GETACK(s)", getacks.Load())
 	})
+}
+
+// handReplica is a replica driven by a test: it has done the handshake
+// and read the (empty) snapshot; frames reports every later frame.
+type handReplica struct {
+	conn   net.Conn
+	frames chan frameType
+	offset atomic.Uint64
+}
+
+func dialHandReplica(t *testing.T, tr transport.Transport, addr string) *handReplica {
+	conn, err := tr.Dial(t.Context(), addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = conn.Write(appendHello(nil, hello{version: protocolVersion, name: "hand"}))
+	require.NoError(t, err)
+	h := &handReplica{conn: conn, frames: make(chan frameType, 1024)}
+	go func() {
+		defer close(h.frames)
+		fr := newFrameReader(conn, DefaultMaxFrameSize)
+		for {
+			typ, payload, size, err := fr.next()
+			if err != nil {
+				return
+			}
+			switch typ {
+			case frameFull:
+				_, from, _ := parseSyncStart(typ, payload)
+				h.offset.Store(from)
+			case frameSet, frameDel:
+				h.offset.Add(uint64(size))
+			}
+			if typ == frameGetAck || typ == frameSet {
+				h.frames <- typ
+			}
+		}
+	}()
+	return h
+}
+
+func (h *handReplica) ack(t *testing.T) {
+	_, err := h.conn.Write(appendU64Frame(nil, frameAck, h.offset.Load()))
+	require.NoError(t, err)
+}
+
+// TestOneGetAckInFlight: while a GETACK is unanswered, a Wait for a later
+// write sends no GETACK of its own; the ACK's arrival sends the next one
+// at once, and its answer releases the second Wait.
+func TestOneGetAckInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := transport.NewInmem()
+		p := startPrimary[int](t, tr, "p", WithHeartbeat(time.Hour), WithLinkTimeout(10*time.Hour))
+		h := dialHandReplica(t, tr, "p")
+		synctest.Wait()
+
+		require.NoError(t, p.Set("a", 1))
+		first := make(chan int)
+		go func() { k, _ := p.Wait(1, 0); first <- k }()
+		synctest.Wait()
+		require.Equal(t, []frameType{frameSet, frameGetAck}, drainFrames(h))
+
+		require.NoError(t, p.Set("b", 2))
+		second := make(chan int)
+		go func() { k, _ := p.Wait(1, 0); second <- k }()
+		synctest.Wait()
+		assert.Equal(t, []frameType{frameSet}, drainFrames(h), "a second GETACK went out while the first was unanswered")
+
+		h.ack(t) // covers both writes: the replica has read both
+		assert.Equal(t, 1, <-first)
+		assert.Equal(t, 1, <-second)
+		synctest.Wait()
+		// The second Wait asked for more while the first GETACK was out,
+		// so one more GETACK follows the ACK, even though it was not needed
+		// this time: the ACK happened to cover both.
+		assert.Equal(t, []frameType{frameGetAck}, drainFrames(h))
+
+		require.NoError(t, p.Set("c", 3))
+		third := make(chan int)
+		go func() { k, _ := p.Wait(1, 0); third <- k }()
+		synctest.Wait()
+		select {
+		case <-third:
+			t.Fatal("Wait returned before its write was acknowledged")
+		default:
+		}
+		h.ack(t)
+		assert.Equal(t, 1, <-third)
+	})
+}
+
+// TestWaitTimeoutWithStuckReplica: a replica that stops reading does not
+// hold a Wait past its timeout, even though Waits write GETACKs (and the
+// stream before them) themselves when they can. (A Wait stuck in that
+// write blocks outside synctest's knowledge: the test then hangs until go
+// test's own timeout.)
+func TestWaitTimeoutWithStuckReplica(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := transport.NewInmem()
+		p := startPrimary[[]byte](t, tr, "p", WithHeartbeat(time.Hour), WithLinkTimeout(10*time.Hour))
+		conn, err := tr.Dial(t.Context(), "p")
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.Write(appendHello(nil, hello{version: protocolVersion, name: "stuck"}))
+		require.NoError(t, err)
+		synctest.Wait()
+		// One ACK, so the primary knows it as keeping up; then it stops
+		// reading while the primary writes more than fits in the pipe.
+		_, err = conn.Write(appendU64Frame(nil, frameAck, 0))
+		require.NoError(t, err)
+		synctest.Wait()
+		// Fill the connection's buffer (Inmem's is 1 MiB) to within 4 KiB,
+		// so the sender has written everything and is idle; then a write
+		// that does not fit, and at once a Wait, which finds the write
+		// side free.
+		val := make([]byte, 1000)
+		for i := 0; p.Offset() < 1<<20-5000; i++ {
+			require.NoError(t, p.Set(strconv.Itoa(i), val))
+		}
+		synctest.Wait()
+		require.NoError(t, p.Set("big", make([]byte, 8<<10)))
+		start := time.Now()
+		k, err := p.Wait(1, 100*time.Millisecond)
+		require.NoError(t, err)
+		assert.Zero(t, k)
+		assert.Equal(t, 100*time.Millisecond, time.Since(start))
+	})
+}
+
+func drainFrames(h *handReplica) []frameType {
+	var got []frameType
+	for {
+		select {
+		case f := <-h.frames:
+			got = append(got, f)
+		default:
+			return got
+		}
+	}
 }
