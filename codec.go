@@ -94,6 +94,26 @@ func decodeValue[V any](b []byte) (V, error) {
 	return v, nil
 }
 
+// storeSet stores key with the value whose msgpack encoding is raw. A
+// packed store takes the bytes straight from the wire: no decoder, no
+// intermediate copy, one allocation.
+func storeSet[V any](st *store[V], key, raw []byte) error {
+	if st.packed {
+		b, err := readMsgpackRaw(raw)
+		if err != nil {
+			return err
+		}
+		st.setBytes(key, b, b == nil)
+		return nil
+	}
+	v, err := decodeValue[V](raw)
+	if err != nil {
+		return err
+	}
+	st.set(string(key), v)
+	return nil
+}
+
 func appendMsgpackBin(dst, b []byte) []byte {
 	if b == nil {
 		return append(dst, 0xc0) // nil

@@ -179,6 +179,26 @@ func FuzzStreamRecord(f *testing.F) {
 // a multiple of the input, and must end serving the same data however the
 // input is split into reads; what it serves is either its old data or
 // data from a snapshot that verified.
+// runReplicaStream feeds r to a replica holding {"old": old} at offset 5
+// of history "old", through its whole receive path, and returns it.
+func runReplicaStream[V any](t *testing.T, r io.Reader, old V) *Replica[V] {
+	rep := &Replica[V]{
+		cfg:    config{maxKeySize: 64, maxValueSize: 1 << 10},
+		addr:   "fuzz",
+		synced: make(chan struct{}),
+	}
+	data := &replicaData[V]{store: newStore[V](), replID: "old"}
+	data.store.set("old", old)
+	data.offset.Store(5)
+	rep.data.Store(data)
+	rep.state.Store(StateConnecting)
+	s := &replicaSession[V]{r: rep, fr: newFrameReader(r, 4<<10), w: io.Discard}
+	if err := s.receive(); err == nil {
+		t.Fatal("receive returned nil at the end of the input")
+	}
+	return rep
+}
+
 func FuzzReplicaStream(f *testing.F) {
 	var full bytes.Buffer
 	full.Write(appendSyncStart(nil, frameFull, "id", 10))
@@ -199,23 +219,7 @@ func FuzzReplicaStream(f *testing.F) {
 	cont = append(cont, appendDelFrame(nil, "b")...)
 	f.Add(cont, 3)
 	f.Fuzz(func(t *testing.T, data []byte, split int) {
-		run := func(r io.Reader) *Replica[string] {
-			rep := &Replica[string]{
-				cfg:    config{maxKeySize: 64, maxValueSize: 1 << 10},
-				addr:   "fuzz",
-				synced: make(chan struct{}),
-			}
-			old := &replicaData[string]{store: newStore[string](), replID: "old"}
-			old.store.set("old", "data")
-			old.offset.Store(5)
-			rep.data.Store(old)
-			rep.state.Store(StateConnecting)
-			s := &replicaSession[string]{r: rep, fr: newFrameReader(r, 4<<10), w: io.Discard}
-			if err := s.receive(); err == nil {
-				t.Fatal("receive returned nil at the end of the input")
-			}
-			return rep
-		}
+		run := func(r io.Reader) *Replica[string] { return runReplicaStream(t, r, "data") }
 		var whole *Replica[string]
 		checkAlloc(t, uint64(300*len(data))+1<<20, func() { whole = run(bytes.NewReader(data)) })
 		if split < 0 {
@@ -229,6 +233,18 @@ func FuzzReplicaStream(f *testing.F) {
 			if got.Offset() != whole.Offset() || got.Info().ReplID != whole.Info().ReplID || !maps.Equal(snapshotOf(got.All()), want) {
 				t.Fatalf("split reads served different data: %s/%d vs %s/%d",
 					got.Info().ReplID, got.Offset(), whole.Info().ReplID, whole.Offset())
+			}
+		}
+		// A []byte replica takes the packed store's path from the wire;
+		// it must end in the same place with the same bytes.
+		packed := runReplicaStream(t, bytes.NewReader(data), []byte("data"))
+		if packed.Offset() != whole.Offset() || packed.Len() != whole.Len() {
+			t.Fatalf("a []byte replica reached offset %d with %d keys, a string one %d with %d",
+				packed.Offset(), packed.Len(), whole.Offset(), whole.Len())
+		}
+		for k, v := range packed.All() {
+			if w, ok := whole.Get(k); !ok || w != string(v) {
+				t.Fatalf("key %q: []byte replica has %q, string replica %q", k, v, w)
 			}
 		}
 		if id := whole.Info().ReplID; id == "old" {

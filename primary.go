@@ -20,7 +20,8 @@ import (
 //
 // All methods are safe for concurrent use. A value handed to Set is shared
 // with readers and encoded for replicas later: the caller must not change
-// it afterwards.
+// it afterwards. ([]byte values are copied into the store, so those may be
+// reused once Set returns; see the package documentation.)
 type Primary[V any] struct {
 	cfg     config
 	log     *slog.Logger
@@ -157,7 +158,8 @@ func (p *Primary[V]) closed() bool { return p.isClosed.Load() }
 // Set stores value under key and queues the write for every replica. It
 // returns ErrTooLarge for a key or encoded value over the limits (nothing
 // is written), an encoding error for a value msgpack cannot encode, and
-// ErrClosed after Close. The caller must not change value afterwards.
+// ErrClosed after Close. The caller must not change value afterwards,
+// unless it is a []byte, which Set copies.
 func (p *Primary[V]) Set(key string, value V) error {
 	if err := checkKey(key, p.cfg.maxKeySize); err != nil {
 		return err

@@ -408,11 +408,9 @@ func (s *replicaSession[V]) stream() error {
 			if err != nil {
 				return err
 			}
-			v, err := decodeValue[V](raw)
-			if err != nil {
+			if err := storeSet(s.target.store, key, raw); err != nil {
 				return err
 			}
-			s.target.store.set(string(key), v)
 			s.target.offset.Add(uint64(size))
 			s.maybeSwap()
 		case frameDel:

@@ -148,11 +148,9 @@ func (s *snapshotLoader[V]) chunk(payload []byte) error {
 		if p.err != nil {
 			return p.err
 		}
-		v, err := decodeValue[V](raw)
-		if err != nil {
+		if err := storeSet(s.store, key, raw); err != nil {
 			return err
 		}
-		s.store.set(string(key), v)
 		s.count++
 	}
 	return nil

@@ -1,10 +1,13 @@
 package replmap
 
 import (
+	"encoding/binary"
 	"hash/maphash"
 	"iter"
+	"math/bits"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // shardCount spreads keys over independently locked maps, so readers
@@ -15,16 +18,26 @@ const shardCount = 256
 // store is a concurrent map sharded by key hash. Writers to one store are
 // serialised by its owner (the Primary's write lock, the Replica's apply
 // loop); the shard locks exist for the concurrent readers.
+//
+// A store of []byte values packs each entry, key and value, into one
+// allocation of exactly its size, and maps the key (which points into it)
+// to a pointer into it: a map slot of 24 bytes instead of 40, one
+// allocation per write instead of two, and about 60 bytes less per key.
+// The value handed to Set is copied, and Get returns a slice of the
+// packed entry (with capacity equal to its length, so an append by the
+// caller copies).
 type store[V any] struct {
 	seed   maphash.Seed
 	n      atomic.Int64
+	packed bool // V is []byte: entries live in shard.p
 	shards [shardCount]shard[V]
 }
 
 type shard[V any] struct {
 	mu sync.RWMutex
-	m  map[string]V
-	_  [40]byte // keep neighbouring shards off one cache line
+	m  map[string]V     // unless packed
+	p  map[string]*byte // if packed: key -> the entry's length field (see pack)
+	_  [24]byte         // keep neighbouring shards off one cache line
 }
 
 type entry[V any] struct {
@@ -34,8 +47,13 @@ type entry[V any] struct {
 
 func newStore[V any]() *store[V] {
 	s := &store[V]{seed: maphash.MakeSeed()}
+	_, s.packed = any((*V)(nil)).(*[]byte)
 	for i := range s.shards {
-		s.shards[i].m = make(map[string]V)
+		if s.packed {
+			s.shards[i].p = make(map[string]*byte)
+		} else {
+			s.shards[i].m = make(map[string]V)
+		}
 	}
 	return s
 }
@@ -47,12 +65,32 @@ func (s *store[V]) shard(key string) *shard[V] {
 func (s *store[V]) get(key string) (V, bool) {
 	sh := s.shard(key)
 	sh.mu.RLock()
+	if s.packed {
+		e, ok := sh.p[key]
+		sh.mu.RUnlock()
+		return s.value(e), ok
+	}
 	v, ok := sh.m[key]
 	sh.mu.RUnlock()
 	return v, ok
 }
 
+// value returns the packed entry's value as a V (which is []byte); the
+// zero V for nil.
+func (s *store[V]) value(e *byte) V {
+	var v V
+	if e != nil {
+		*(*[]byte)(unsafe.Pointer(&v)) = unpack(e)
+	}
+	return v
+}
+
 func (s *store[V]) set(key string, v V) {
+	if s.packed {
+		b := *(*[]byte)(unsafe.Pointer(&v))
+		s.setPacked(pack(key, b, b == nil))
+		return
+	}
 	sh := s.shard(key)
 	sh.mu.Lock()
 	n := len(sh.m)
@@ -64,12 +102,37 @@ func (s *store[V]) set(key string, v V) {
 	}
 }
 
+// setBytes stores a []byte value given as wire bytes, without a
+// conversion to string or an intermediate copy. It is for packed stores;
+// isNil tells a nil value from an empty one.
+func (s *store[V]) setBytes(key, value []byte, isNil bool) {
+	s.setPacked(pack(key, value, isNil))
+}
+
+func (s *store[V]) setPacked(key string, e *byte) {
+	sh := s.shard(key)
+	sh.mu.Lock()
+	n := len(sh.p)
+	// Assigning to a present string key replaces the key too, so the old
+	// entry is released whole.
+	sh.p[key] = e
+	grew := len(sh.p) - n
+	sh.mu.Unlock()
+	if grew != 0 {
+		s.n.Add(1)
+	}
+}
+
 // delete removes key and reports whether it was there.
 func (s *store[V]) delete(key string) bool {
 	sh := s.shard(key)
 	sh.mu.Lock()
-	_, ok := sh.m[key]
-	if ok {
+	var ok bool
+	if s.packed {
+		if _, ok = sh.p[key]; ok {
+			delete(sh.p, key)
+		}
+	} else if _, ok = sh.m[key]; ok {
 		delete(sh.m, key)
 	}
 	sh.mu.Unlock()
@@ -86,8 +149,14 @@ func (s *store[V]) len() int { return int(s.n.Load()) }
 func (s *store[V]) copyShard(i int, buf []entry[V]) []entry[V] {
 	sh := &s.shards[i]
 	sh.mu.RLock()
-	for k, v := range sh.m {
-		buf = append(buf, entry[V]{k, v})
+	if s.packed {
+		for k, e := range sh.p {
+			buf = append(buf, entry[V]{k, s.value(e)})
+		}
+	} else {
+		for k, v := range sh.m {
+			buf = append(buf, entry[V]{k, v})
+		}
 	}
 	sh.mu.RUnlock()
 	return buf
@@ -109,4 +178,46 @@ func (s *store[V]) all() iter.Seq2[string, V] {
 			}
 		}
 	}
+}
+
+// pack lays out a []byte entry in one allocation: the key's bytes, then a
+// uvarint that is 0 for a nil value and len(value)+1 otherwise, then the
+// value's bytes. It returns the key as a string over the entry and a
+// pointer to the uvarint.
+func pack[K string | []byte](key K, value []byte, isNil bool) (string, *byte) {
+	var n uint64
+	if !isNil {
+		n = uint64(len(value)) + 1
+	}
+	b := make([]byte, len(key)+uvarintLen(n)+len(value))
+	copy(b, key)
+	i := len(key) + binary.PutUvarint(b[len(key):], n)
+	copy(b[i:], value)
+	return unsafe.String(unsafe.SliceData(b), len(key)), &b[len(key)]
+}
+
+// unpack returns the value of the entry whose uvarint e points to. It
+// reads only the uvarint's own bytes, then the value's.
+func unpack(e *byte) []byte {
+	var n uint64
+	var i int
+	for shift := 0; ; shift += 7 {
+		c := *(*byte)(unsafe.Add(unsafe.Pointer(e), i))
+		i++
+		n |= uint64(c&0x7f) << shift
+		if c < 0x80 {
+			break
+		}
+	}
+	switch n {
+	case 0:
+		return nil
+	case 1:
+		return []byte{}
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(e), i)), n-1)
+}
+
+func uvarintLen(n uint64) int {
+	return (bits.Len64(n|1) + 6) / 7
 }
