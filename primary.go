@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // Primary owns the authoritative copy of a map and replicates every write
@@ -167,10 +168,22 @@ func (p *Primary[V]) Set(key string, value V) error {
 	buf := p.frameBuf()
 	frame, err := appendSetFrame((*buf)[:0], key, value, p.cfg.maxValueSize)
 	if err == nil {
+		// Encoding and, for []byte values, packing happen before the
+		// write lock, so concurrent writers do that work in parallel.
+		var packedKey string
+		var packed *byte
+		if p.store.packed {
+			b := *(*[]byte)(unsafe.Pointer(&value))
+			packedKey, packed = pack(key, b, b == nil)
+		}
 		p.writeMu.Lock()
-		if p.closed() {
+		switch {
+		case p.closed():
 			err = ErrClosed
-		} else {
+		case packed != nil:
+			p.store.setPacked(packedKey, packed)
+			p.appendRecord(frame)
+		default:
 			p.store.set(key, value)
 			p.appendRecord(frame)
 		}
