@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// TestMain lets the test binary serve as a replica process, as the
+// benchmark binary does, and checks that no goroutine outlives the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv(roleEnv) == "replica" {
+		os.Exit(replicaMain(os.Stdin, os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// TestRunSmall runs every workload against replmap at a tiny scale: the
+// replica processes, the proxy and the table all work, and every row has
+// a figure.
+func TestRunSmall(t *testing.T) {
+	dir := t.TempDir()
+	var out, progress bytes.Buffer
+	err := run(t.Context(), []string{
+		"-writes", "2000", "-keyspace", "500", "-latency-ops", "200", "-ack-time", "200ms",
+		"-sync-keys", "2000", "-resync-writes", "500", "-out", dir,
+	}, &out, &progress)
+	require.NoError(t, err, progress.String())
+
+	md := out.String()
+	for _, r := range rows {
+		assert.Contains(t, md, "| "+r.id+" |", "row %s missing", r.id)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	require.NoError(t, err)
+	var res results
+	require.NoError(t, json.Unmarshal(b, &res))
+	require.Len(t, res.Rows, len(rows))
+	for _, r := range res.Rows {
+		assert.Len(t, r.Replmap, 1, r.ID)
+		if !strings.HasSuffix(r.ID, "RSS") { // RSS can shrink between readings
+			assert.Positive(t, r.ReplmapMedian, r.ID)
+		}
+	}
+	saved, err := os.ReadFile(filepath.Join(dir, "results.md"))
+	require.NoError(t, err)
+	assert.Equal(t, md, string(saved))
+}
+
+func TestFlagsAreChecked(t *testing.T) {
+	for _, args := range [][]string{
+		{"-only", "W9"},
+		{"-runs", "0"},
+		{"-ack-time", "-1s"},
+		{"extra"},
+	} {
+		_, err := parseFlags(args, &bytes.Buffer{})
+		assert.Error(t, err, "%q", args)
+	}
+	cfg, err := parseFlags([]string{"-only", "w3, W8"}, &bytes.Buffer{})
+	require.NoError(t, err)
+	assert.True(t, cfg.wants("W3") && cfg.wants("W8") && !cfg.wants("W1"))
+}
+
+func TestStatistics(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 1000; i++ {
+		d = append(d, time.Duration(i)*time.Microsecond)
+	}
+	assert.Equal(t, 500*time.Microsecond, percentile(d, 0.5))
+	assert.Equal(t, 990*time.Microsecond, percentile(d, 0.99))
+	assert.Equal(t, 999*time.Microsecond, percentile(d, 0.999))
+	assert.Equal(t, 1000*time.Microsecond, percentile(d, 1))
+	assert.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	assert.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
+}
+
+func TestTargets(t *testing.T) {
+	w1, w3, w4 := findRow("W1"), findRow("W3 p50"), findRow("W4")
+	met, known := w1.target.met(w1, 5e6, 1e6, true)
+	assert.True(t, met && known)
+	met, _ = w1.target.met(w1, 4e6, 1e6, true)
+	assert.False(t, met)
+	_, known = w1.target.met(w1, 4e6, 0, false)
+	assert.False(t, known, "a factor needs a Redis figure")
+	met, _ = w3.target.met(w3, 30, 100, true)
+	assert.True(t, met)
+	met, _ = w3.target.met(w3, 40, 100, true)
+	assert.False(t, met)
+	met, known = w4.target.met(w4, 250_000, 0, false)
+	assert.True(t, met && known)
+	assert.Equal(t, "≤ ⅓ of Redis", w3.target.String(w3))
+	assert.Equal(t, "≥ 5× Redis", w1.target.String(w1))
+	assert.Equal(t, "≥ 200k/s", w4.target.String(w4))
+}

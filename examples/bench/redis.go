@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// How the Redis side writes in W1 and W2: redisWriters connections, each
+// sending pipelines of redisBatch SETs (close to redis-benchmark -P 32
+// -c 50, Redis's best on this machine). replmap's writers call Set in
+// chunks of the same size.
+const (
+	redisWriters = 8
+	redisBatch   = 100
+)
+
+// redisSystem runs redis-server processes on free loopback ports: one
+// primary and its replicas, each with its own directory, no persistence,
+// diskless sync and a 16 MiB backlog (replmap's default).
+type redisSystem struct {
+	cfg      config
+	version  string
+	dir      string
+	primary  *redisProc
+	replicas []*redisProc
+	proxy    *proxy
+
+	baseHeap, baseRSS float64 // the last added replica's memory before it synced
+}
+
+type redisProc struct {
+	cmd    *exec.Cmd
+	port   int
+	client *redis.Client
+	done   chan error
+}
+
+func newRedisSystem(cfg config) (*redisSystem, error) {
+	path, err := exec.LookPath(cfg.redisServer)
+	if err != nil {
+		return nil, fmt.Errorf("-redis needs redis-server (Debian: apt-get install redis-server): %w", err)
+	}
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s --version: %w", path, err)
+	}
+	version := "unknown"
+	if m := regexp.MustCompile(`v=(\S+)`).FindSubmatch(out); m != nil {
+		version = string(m[1])
+	}
+	cfg.redisServer = path
+	return &redisSystem{cfg: cfg, version: version}, nil
+}
+
+func (s *redisSystem) name() string { return "redis" }
+
+func (s *redisSystem) start(ctx context.Context, n int, viaProxy bool) (err error) {
+	defer func() {
+		if err != nil {
+			s.stop()
+		}
+	}()
+	if s.dir, err = os.MkdirTemp("", "replmap-bench-redis-"); err != nil {
+		return err
+	}
+	if s.primary, err = s.startProc(ctx, "primary"); err != nil {
+		return err
+	}
+	for i := range n {
+		addr := fmt.Sprintf("127.0.0.1:%d", s.primary.port)
+		if viaProxy && i == 0 {
+			if s.proxy, err = newProxy(addr); err != nil {
+				return err
+			}
+			addr = s.proxy.addr()
+		}
+		rp, err := s.startProc(ctx, fmt.Sprintf("replica%d", i))
+		if err != nil {
+			return err
+		}
+		s.replicas = append(s.replicas, rp)
+		if err := replicaOf(ctx, rp, addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startProc starts a redis-server in its own directory and returns once
+// it answers PING.
+func (s *redisSystem) startProc(ctx context.Context, name string) (*redisProc, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(s.cfg.redisServer,
+		"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--protected-mode", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no",
+		"--save", "", "--appendonly", "no",
+		"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+		"--repl-diskless-load", "on-empty-db", "--repl-backlog-size", "16mb",
+	)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting redis-server: %w", err)
+	}
+	rp := &redisProc{cmd: cmd, port: port, done: make(chan error, 1)}
+	go func() { rp.done <- cmd.Wait() }()
+	rp.client = redis.NewClient(&redis.Options{
+		Addr:            fmt.Sprintf("127.0.0.1:%d", port),
+		PoolSize:        4 * s.cfg.ackWorkers,
+		ReadTimeout:     -1, // WAIT n 0 blocks as long as it takes
+		DisableIdentity: true,
+		Protocol:        2,
+	})
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err = pollUntil(ctx, time.Millisecond, func() (bool, error) {
+		select {
+		case err := <-rp.done:
+			return false, fmt.Errorf("redis-server exited: %v (see %s)", err, filepath.Join(dir, "redis.log"))
+		default:
+		}
+		return rp.client.Ping(ctx).Err() == nil, nil
+	})
+	if err != nil {
+		rp.stop()
+		return nil, err
+	}
+	return rp, nil
+}
+
+func (rp *redisProc) stop() error {
+	rp.client.Close()
+	rp.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-rp.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		rp.cmd.Process.Kill()
+		<-rp.done
+		return errors.New("redis-server did not stop on SIGTERM")
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// replicaOf points rp at addr and returns once it has synced.
+func replicaOf(ctx context.Context, rp *redisProc, addr string) error {
+	host, port, _ := net.SplitHostPort(addr)
+	if err := rp.client.Do(ctx, "REPLICAOF", host, port).Err(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	return pollUntil(ctx, time.Millisecond, func() (bool, error) {
+		info, err := infoFields(ctx, rp.client, "replication")
+		return err == nil && info["master_link_status"] == "up" && info["master_sync_in_progress"] == "0", err
+	})
+}
+
+func infoFields(ctx context.Context, c *redis.Client, section string) (map[string]string, error) {
+	s, err := c.Info(ctx, section).Result()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string)
+	for line := range strings.Lines(s) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			m[k] = v
+		}
+	}
+	return m, nil
+}
+
+func infoFloat(ctx context.Context, c *redis.Client, section, field string) (float64, error) {
+	m, err := infoFields(ctx, c, section)
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseFloat(m[field], 64)
+	if err != nil {
+		return 0, fmt.Errorf("INFO %s: %s: %w", section, field, err)
+	}
+	return v, nil
+}
+
+func (s *redisSystem) stop() error {
+	var errs []error
+	for _, rp := range s.replicas {
+		errs = append(errs, rp.stop())
+	}
+	s.replicas = nil
+	if s.primary != nil {
+		errs = append(errs, s.primary.stop())
+		s.primary = nil
+	}
+	if s.proxy != nil {
+		s.proxy.close()
+		s.proxy = nil
+	}
+	if s.dir != "" {
+		errs = append(errs, os.RemoveAll(s.dir))
+		s.dir = ""
+	}
+	return errors.Join(errs...)
+}
+
+func (s *redisSystem) setBatch(ctx context.Context, keys []string, vals [][]byte) error {
+	_, err := s.primary.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			p.Set(ctx, k, vals[i], 0)
+		}
+		return nil
+	})
+	return err
+}
+
+func (s *redisSystem) set(ctx context.Context, key string, val []byte) error {
+	return s.primary.client.Set(ctx, key, val, 0).Err()
+}
+
+func (s *redisSystem) setWait(ctx context.Context, key string, val []byte) error {
+	var wait *redis.Cmd
+	_, err := s.primary.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, key, val, 0)
+		wait = p.Do(ctx, "WAIT", 1, 0)
+		return nil
+	})
+	if err == nil {
+		if n, _ := wait.Int(); n < 1 {
+			err = fmt.Errorf("WAIT 1 0 returned %v", wait.Val())
+		}
+	}
+	return err
+}
+
+func (s *redisSystem) waitReplicas(ctx context.Context, n int) error {
+	got, err := s.primary.client.Wait(ctx, n, 0).Result()
+	if err == nil && got < int64(n) {
+		err = fmt.Errorf("WAIT %d 0 returned %d", n, got)
+	}
+	return err
+}
+
+func (s *redisSystem) memory(ctx context.Context, c *redis.Client) (heap, rss float64, err error) {
+	if heap, err = infoFloat(ctx, c, "memory", "used_memory"); err != nil {
+		return 0, 0, err
+	}
+	rss, err = infoFloat(ctx, c, "memory", "used_memory_rss")
+	return heap, rss, err
+}
+
+func (s *redisSystem) fill(ctx context.Context, n, valueSize int) (heap, rss float64, err error) {
+	c := s.primary.client
+	h0, r0, err := s.memory(ctx, c)
+	if err != nil {
+		return 0, 0, err
+	}
+	r := newRand()
+	keys := make([]string, 0, 1000)
+	vals := make([][]byte, 0, 1000)
+	for i := range n {
+		keys = append(keys, "key:"+strconv.Itoa(i))
+		vals = append(vals, randomValue(r, valueSize))
+		if len(keys) == cap(keys) || i == n-1 {
+			if err := s.setBatch(ctx, keys, vals); err != nil {
+				return 0, 0, err
+			}
+			keys, vals = keys[:0], vals[:0]
+		}
+	}
+	h1, r1, err := s.memory(ctx, c)
+	return h1 - h0, r1 - r0, err
+}
+
+func (s *redisSystem) addReplica(ctx context.Context) (time.Duration, error) {
+	rp, err := s.startProc(ctx, fmt.Sprintf("replica%d", len(s.replicas)))
+	if err != nil {
+		return 0, err
+	}
+	s.replicas = append(s.replicas, rp)
+	if s.baseHeap, s.baseRSS, err = s.memory(ctx, rp.client); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := replicaOf(ctx, rp, fmt.Sprintf("127.0.0.1:%d", s.primary.port)); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// replicaMemory reports the last added replica's memory growth since
+// before it synced.
+func (s *redisSystem) replicaMemory(ctx context.Context) (heap, rss float64, err error) {
+	h, r, err := s.memory(ctx, s.replicas[len(s.replicas)-1].client)
+	return h - s.baseHeap, r - s.baseRSS, err
+}
+
+func (s *redisSystem) cut(context.Context) error {
+	s.proxy.cut()
+	return nil
+}
+
+func (s *redisSystem) heal(ctx context.Context) (time.Time, error) { return s.proxy.heal(ctx) }
+
+func (s *redisSystem) caughtUp(ctx context.Context) error {
+	want, err := infoFloat(ctx, s.primary.client, "replication", "master_repl_offset")
+	if err != nil {
+		return err
+	}
+	rp := s.replicas[0]
+	return pollUntil(ctx, time.Millisecond, func() (bool, error) {
+		off, err := infoFloat(ctx, rp.client, "replication", "slave_repl_offset")
+		return off >= want, err
+	})
+}
+
+func (s *redisSystem) partialSyncs(ctx context.Context) (int, error) {
+	v, err := infoFloat(ctx, s.primary.client, "stats", "sync_partial_ok")
+	return int(v), err
+}

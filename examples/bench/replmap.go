@@ -1,0 +1,359 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/replmap/replmap"
+	"github.com/replmap/replmap/transport"
+)
+
+// replmapSystem runs the primary in this process, as a Go service would,
+// and each replica in a child process of this binary.
+type replmapSystem struct {
+	cfg      config
+	stderr   io.Writer
+	tcp      *transport.TCP
+	p        *replmap.Primary[[]byte]
+	addr     string
+	served   chan error
+	replicas []*replicaProc
+	proxy    *proxy
+}
+
+func newReplmapSystem(cfg config, stderr io.Writer) *replmapSystem {
+	return &replmapSystem{cfg: cfg, stderr: stderr, tcp: transport.NewTCP()}
+}
+
+func (s *replmapSystem) name() string { return "replmap" }
+
+func (s *replmapSystem) start(ctx context.Context, n int, viaProxy bool) (err error) {
+	defer func() {
+		if err != nil {
+			s.stop()
+		}
+	}()
+	s.p, err = replmap.NewPrimary[[]byte](replmap.WithLogger(s.logger()))
+	if err != nil {
+		return err
+	}
+	l, err := s.tcp.Listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	s.addr = l.Addr().String()
+	s.served = make(chan error, 1)
+	go func() { s.served <- s.p.Serve(l) }()
+	for i := range n {
+		addr := s.addr
+		if viaProxy && i == 0 {
+			if s.proxy, err = newProxy(s.addr); err != nil {
+				return err
+			}
+			addr = s.proxy.addr()
+		}
+		rp, err := startReplicaProc(s.cfg.verbose, s.cfg.profileDir, s.stderr)
+		if err != nil {
+			return err
+		}
+		s.replicas = append(s.replicas, rp)
+		if _, err := rp.call(ctx, "connect "+addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *replmapSystem) logger() *slog.Logger {
+	if s.cfg.verbose {
+		return slog.New(slog.NewTextHandler(s.stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (s *replmapSystem) stop() error {
+	var errs []error
+	for _, rp := range s.replicas {
+		errs = append(errs, rp.close())
+	}
+	s.replicas = nil
+	if s.proxy != nil {
+		s.proxy.close()
+		s.proxy = nil
+	}
+	if s.p != nil {
+		errs = append(errs, s.p.Close())
+		if err := <-s.served; !errors.Is(err, replmap.ErrClosed) {
+			errs = append(errs, err)
+		}
+		s.p = nil
+	}
+	return errors.Join(errs...)
+}
+
+func (s *replmapSystem) setBatch(_ context.Context, keys []string, vals [][]byte) error {
+	for i, k := range keys {
+		if err := s.p.Set(k, vals[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *replmapSystem) set(_ context.Context, key string, val []byte) error {
+	return s.p.Set(key, val)
+}
+
+func (s *replmapSystem) setWait(ctx context.Context, key string, val []byte) error {
+	if err := s.p.Set(key, val); err != nil {
+		return err
+	}
+	_, err := s.p.WaitContext(ctx, 1)
+	return err
+}
+
+func (s *replmapSystem) waitReplicas(ctx context.Context, n int) error {
+	_, err := s.p.WaitContext(ctx, n)
+	return err
+}
+
+func (s *replmapSystem) fill(_ context.Context, n, valueSize int) (heap, rss float64, err error) {
+	h0, r0 := memoryNow()
+	r := newRand()
+	for i := range n {
+		// A fresh key string and value per Set, as a service decoding
+		// requests would have, so the store owns every byte it holds.
+		if err := s.p.Set("key:"+strconv.Itoa(i), randomValue(r, valueSize)); err != nil {
+			return 0, 0, err
+		}
+	}
+	h1, r1 := memoryNow()
+	return h1 - h0, r1 - r0, nil
+}
+
+func (s *replmapSystem) addReplica(ctx context.Context) (time.Duration, error) {
+	rp, err := startReplicaProc(s.cfg.verbose, s.cfg.profileDir, s.stderr)
+	if err != nil {
+		return 0, err
+	}
+	s.replicas = append(s.replicas, rp)
+	if _, err := rp.call(ctx, "mem"); err != nil { // baseline before the sync
+		return 0, err
+	}
+	start := time.Now()
+	if _, err := rp.call(ctx, "connect "+s.addr); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+func (s *replmapSystem) replicaMemory(ctx context.Context) (heap, rss float64, err error) {
+	rp := s.replicas[len(s.replicas)-1]
+	reply, err := rp.call(ctx, "mem")
+	if err != nil {
+		return 0, 0, err
+	}
+	_, err = fmt.Sscanf(reply, "%g %g", &heap, &rss)
+	return heap, rss, err
+}
+
+func (s *replmapSystem) cut(context.Context) error {
+	s.proxy.cut()
+	return nil
+}
+
+func (s *replmapSystem) heal(ctx context.Context) (time.Time, error) { return s.proxy.heal(ctx) }
+
+func (s *replmapSystem) caughtUp(ctx context.Context) error {
+	want := s.p.Offset()
+	rp := s.replicas[0]
+	return pollUntil(ctx, time.Millisecond, func() (bool, error) {
+		reply, err := rp.call(ctx, "offset")
+		if err != nil {
+			return false, err
+		}
+		off, err := strconv.ParseUint(reply, 10, 64)
+		return off >= want, err
+	})
+}
+
+func (s *replmapSystem) partialSyncs(context.Context) (int, error) {
+	return int(s.p.Info().PartialSyncs), nil
+}
+
+// memoryNow returns the heap in use after a full collection, and the
+// resident set size after returning freed memory to the OS.
+func memoryNow() (heap, rss float64) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.HeapAlloc), residentBytes()
+}
+
+func residentBytes() float64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseFloat(f[1], 64)
+	return pages * float64(os.Getpagesize())
+}
+
+// replicaProc is a replica process: this binary with roleEnv set, driven
+// by one command per line on its stdin, answering "ok ..." or "err ..."
+// on its stdout (see replicaMain).
+type replicaProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+	mu  sync.Mutex
+}
+
+func startReplicaProc(verbose bool, profileDir string, stderr io.Writer) (*replicaProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), roleEnv+"=replica")
+	if verbose {
+		cmd.Env = append(cmd.Env, roleEnv+"_VERBOSE=1")
+	}
+	if profileDir != "" {
+		cmd.Env = append(cmd.Env, roleEnv+"_PROFILE="+profileDir)
+	}
+	cmd.Stderr = stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting a replica process: %w", err)
+	}
+	return &replicaProc{cmd: cmd, in: in, out: bufio.NewScanner(out)}, nil
+}
+
+// call sends one command and returns the reply after "ok ".
+func (rp *replicaProc) call(ctx context.Context, command string) (string, error) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if _, err := fmt.Fprintln(rp.in, command); err != nil {
+		return "", fmt.Errorf("replica process: %w", err)
+	}
+	got := make(chan bool, 1)
+	go func() { got <- rp.out.Scan() }()
+	select {
+	case ok := <-got:
+		if !ok {
+			return "", fmt.Errorf("replica process exited during %q", command)
+		}
+	case <-ctx.Done():
+		rp.cmd.Process.Kill()
+		<-got
+		return "", context.Cause(ctx)
+	}
+	line := rp.out.Text()
+	if msg, ok := strings.CutPrefix(line, "err "); ok {
+		return "", fmt.Errorf("replica process: %s: %s", command, msg)
+	}
+	reply, ok := strings.CutPrefix(line, "ok")
+	if !ok {
+		return "", fmt.Errorf("replica process: unexpected reply %q", line)
+	}
+	return strings.TrimSpace(reply), nil
+}
+
+func (rp *replicaProc) close() error {
+	rp.in.Close() // the process closes its replica and exits on EOF
+	done := make(chan error, 1)
+	go func() { done <- rp.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		rp.cmd.Process.Kill()
+		return fmt.Errorf("replica process did not exit: %w", <-done)
+	}
+}
+
+// replicaMain is a replica process's main. Commands, one per line:
+//
+//	connect ADDR   start a replica of ADDR; answer once it has synced
+//	offset         the replica's offset
+//	mem            heap and RSS growth since the first mem, in bytes
+//
+// It exits, closing the replica, when stdin ends.
+func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
+	log := slog.New(slog.DiscardHandler)
+	if os.Getenv(roleEnv+"_VERBOSE") != "" {
+		log = slog.New(slog.NewTextHandler(stderr, nil)).With("process", os.Getpid())
+	}
+	if dir := os.Getenv(roleEnv + "_PROFILE"); dir != "" {
+		stop, err := startProfile(dir, fmt.Sprintf("replica-%d", os.Getpid()))
+		if err != nil {
+			fmt.Fprintln(stderr, "replica:", err)
+			return 1
+		}
+		defer stop()
+	}
+	var r *replmap.Replica[[]byte]
+	var heap0, rss0 float64
+	baseline := false
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+		switch {
+		case cmd == "connect" && r == nil:
+			var err error
+			r, err = replmap.NewReplica[[]byte](transport.NewTCP(), arg, replmap.WithLogger(log))
+			if err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				err = r.WaitSynced(ctx)
+				cancel()
+			}
+			if err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			fmt.Fprintln(out, "ok")
+		case cmd == "offset" && r != nil:
+			fmt.Fprintf(out, "ok %d\n", r.Offset())
+		case cmd == "mem":
+			heap, rss := memoryNow()
+			if !baseline {
+				heap0, rss0, baseline = heap, rss, true
+			}
+			fmt.Fprintf(out, "ok %.0f %.0f\n", heap-heap0, rss-rss0)
+		default:
+			fmt.Fprintf(out, "err unknown command %q\n", sc.Text())
+		}
+	}
+	if r != nil {
+		if err := r.Close(); err != nil {
+			fmt.Fprintln(stderr, "replica:", err)
+			return 1
+		}
+	}
+	return 0
+}
