@@ -92,12 +92,7 @@ func (s *store[V]) set(key string, v V) {
 		return
 	}
 	sh := s.shard(key)
-	sh.mu.Lock()
-	n := len(sh.m)
-	sh.m[key] = v
-	grew := len(sh.m) - n
-	sh.mu.Unlock()
-	if grew != 0 {
+	if put(&sh.mu, sh.m, key, v) {
 		s.n.Add(1)
 	}
 }
@@ -110,17 +105,22 @@ func (s *store[V]) setBytes(key, value []byte, isNil bool) {
 }
 
 func (s *store[V]) setPacked(key string, e *byte) {
-	sh := s.shard(key)
-	sh.mu.Lock()
-	n := len(sh.p)
 	// Assigning to a present string key replaces the key too, so the old
 	// entry is released whole.
-	sh.p[key] = e
-	grew := len(sh.p) - n
-	sh.mu.Unlock()
-	if grew != 0 {
+	sh := s.shard(key)
+	if put(&sh.mu, sh.p, key, e) {
 		s.n.Add(1)
 	}
+}
+
+// put sets m[key] = e under mu and reports whether key is new.
+func put[E any](mu *sync.RWMutex, m map[string]E, key string, e E) bool {
+	mu.Lock()
+	n := len(m)
+	m[key] = e
+	grew := len(m) != n
+	mu.Unlock()
+	return grew
 }
 
 // delete removes key and reports whether it was there.
