@@ -223,3 +223,20 @@ func BenchmarkSnapshot(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkSetString is BenchmarkSet with string values, which the store
+// keeps as given: no allocation.
+func BenchmarkSetString(b *testing.B) {
+	p, err := NewPrimary[string]()
+	require.NoError(b, err)
+	defer p.Close()
+	keys := benchKeys(100000)
+	val := string(bytes.Repeat([]byte("v"), 100))
+	b.ReportAllocs()
+	b.SetBytes(100)
+	for i := 0; b.Loop(); i++ {
+		if err := p.Set(keys[i%len(keys)], val); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
