@@ -50,23 +50,24 @@ func main() {
 
 // config is what the flags set.
 type config struct {
-	redis        bool
-	redisServer  string
-	runs         int
-	only         map[string]bool
-	out          string
-	verbose      bool
-	profileDir   string        // CPU profiles of the driver and each replica process
-	writes       int           // W1, W2: writes per run
-	keyspace     int           // W1, W2: distinct keys written
-	writers      int           // W1, W2: replmap goroutines calling Set
-	latencyOps   int           // W3: sequential Set+Wait calls
-	ackWorkers   int           // W4: goroutines doing Set+Wait
-	ackTime      time.Duration // W4: how long they run
-	syncKeys     int           // W5–W7: keys in the primary
-	w6Rate       int           // W6: Sets per second during the sync
-	resyncWrites int           // W8: writes while the link is cut
-	valueSize    int
+	redis          bool
+	redisServer    string
+	redisBenchmark string
+	runs           int
+	only           map[string]bool
+	out            string
+	verbose        bool
+	profileDir     string        // CPU profiles of the driver and each replica process
+	writes         int           // W1, W2: writes per run
+	keyspace       int           // W1, W2: distinct keys written
+	writers        int           // W1, W2: replmap goroutines calling Set
+	latencyOps     int           // W3: sequential Set+Wait calls
+	ackWorkers     int           // W4: goroutines doing Set+Wait
+	ackTime        time.Duration // W4: how long they run
+	syncKeys       int           // W5–W7: keys in the primary
+	w6Rate         int           // W6: Sets per second during the sync
+	resyncWrites   int           // W8: writes while the link is cut
+	valueSize      int
 }
 
 var workloadIDs = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"}
@@ -77,6 +78,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.SetOutput(out)
 	fs.BoolVar(&c.redis, "redis", false, "also run every workload against a local redis-server")
 	fs.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary for -redis")
+	fs.StringVar(&c.redisBenchmark, "redis-benchmark", "redis-benchmark", "redis-benchmark binary for Redis's writes in W1 and W2 (\"\" to write with go-redis)")
 	fs.IntVar(&c.runs, "runs", 1, "runs of each workload; the table shows medians")
 	only := fs.String("only", "", "comma-separated workloads to run (default all: W1,...,W8)")
 	fs.StringVar(&c.out, "out", ".", "directory for results.md and results.json (\"\" for none)")

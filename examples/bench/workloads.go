@@ -85,11 +85,23 @@ func replicatedWrites(ctx context.Context, s system, cfg config, n int) (float64
 		keys[i], vals[i] = names[k], values[k]
 	}
 
+	start := time.Now()
+	if bw, ok := s.(interface {
+		bulkWrite(ctx context.Context, writes, keyspace, valueSize int) (bool, error)
+	}); ok {
+		if done, err := bw.bulkWrite(ctx, cfg.writes, cfg.keyspace, cfg.valueSize); err != nil {
+			return 0, err
+		} else if done {
+			if err := s.waitReplicas(ctx, n); err != nil {
+				return 0, err
+			}
+			return float64(cfg.writes) / time.Since(start).Seconds(), nil
+		}
+	}
 	writers := cfg.writers
 	if _, ok := s.(*redisSystem); ok {
 		writers = redisWriters
 	}
-	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, writers)
 	chunk := (len(keys) + writers - 1) / writers
