@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,6 +54,28 @@ func TestRunSmall(t *testing.T) {
 	saved, err := os.ReadFile(filepath.Join(dir, "results.md"))
 	require.NoError(t, err)
 	assert.Equal(t, md, string(saved))
+}
+
+// TestRunSmallRedis runs the Redis side at the same tiny scale, when
+// redis-server and redis-benchmark are installed (CI installs them).
+func TestRunSmallRedis(t *testing.T) {
+	for _, bin := range []string{"redis-server", "redis-benchmark"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s not installed", bin)
+		}
+	}
+	var out, progress bytes.Buffer
+	err := run(t.Context(), []string{
+		"-redis", "-writes", "2000", "-keyspace", "500", "-latency-ops", "200", "-ack-time", "200ms",
+		"-sync-keys", "2000", "-resync-writes", "500", "-out", "",
+	}, &out, &progress)
+	require.NoError(t, err, progress.String())
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "| W") && !strings.Contains(line, "RSS") {
+			cells := strings.Split(line, "|")
+			assert.NotEqual(t, "—", strings.TrimSpace(cells[4]), "no Redis figure: %s", line)
+		}
+	}
 }
 
 func TestFlagsAreChecked(t *testing.T) {
