@@ -82,3 +82,33 @@ func TestBacklogSoftLimit(t *testing.T) {
 		assert.ErrorContains(t, cause, "soft limit")
 	})
 }
+
+// TestBacklogReusesBlocks: blocks trimmed from the window are reused, so
+// a primary writing steadily allocates no new ones.
+func TestBacklogReusesBlocks(t *testing.T) {
+	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 4 * backlogBlockSize})
+	block := make([]byte, backlogBlockSize)
+	for range 20 {
+		b.append(block)
+	}
+	allocs := testing.AllocsPerRun(100, func() { b.append(block) })
+	assert.Zero(t, allocs, "appending a block's worth allocated")
+}
+
+// TestBacklogKeepsABlockBeingRead: the bytes read returns stay valid until
+// the reader's next read, even once the window has moved past them: their
+// block is not reused while a reader may still be writing it out.
+func TestBacklogKeepsABlockBeingRead(t *testing.T) {
+	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 100 * backlogBlockSize})
+	c, ok := b.newCursor(0, nil)
+	require.True(t, ok)
+	b.append(bytes.Repeat([]byte{'A'}, backlogBlockSize))
+	chunk, err := b.read(c, backlogBlockSize) // all of block 0; c is now at block 1
+	require.NoError(t, err)
+	require.Len(t, chunk, backlogBlockSize)
+	// Block 1, then block 2, whose allocation trims block 0 from the
+	// window: a reused block 0 would now hold 'C's.
+	b.append(bytes.Repeat([]byte{'B'}, backlogBlockSize))
+	b.append(bytes.Repeat([]byte{'C'}, backlogBlockSize))
+	assert.Equal(t, bytes.Repeat([]byte{'A'}, backlogBlockSize), chunk)
+}
