@@ -146,6 +146,7 @@ func (p *Primary[V]) Close() error {
 	p.closing = true
 	p.isClosed.Store(true)
 	p.cancel(ErrClosed) // closes every link's connection
+	p.waits.closeAll()  // after isClosed is set: see WaitContext
 	for l := range p.listeners {
 		l.Close()
 	}

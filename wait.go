@@ -60,14 +60,21 @@ func (p *Primary[V]) WaitContext(ctx context.Context, n int) (int, error) {
 	if k := p.ackCount(target); k >= n {
 		return k, nil
 	}
+	// Close wakes every listed waiter (see waitList.closeAll), and this
+	// one is listed before this check: so no Close is missed, without a
+	// select on a channel that every blocked Wait would share.
+	if p.closed() {
+		return p.ackCount(target), ErrClosed
+	}
 	p.requestAcks(target)
 	select {
 	case <-w.ready:
-		return p.ackCount(target), nil
+		if k := p.ackCount(target); k >= n || !p.closed() {
+			return k, nil
+		}
+		return p.ackCount(target), ErrClosed
 	case <-ctx.Done():
 		return p.ackCount(target), ctx.Err()
-	case <-p.ctx.Done():
-		return p.ackCount(target), ErrClosed
 	}
 }
 
@@ -138,6 +145,19 @@ func (l *waitList) remove(w *waiter) {
 	default:
 	}
 	l.pool.Put(w)
+}
+
+// closeAll wakes every waiter, for Close.
+func (l *waitList) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for w := range l.waiters {
+		select {
+		case w.ready <- struct{}{}:
+		default: // already woken
+		}
+		delete(l.waiters, w)
+	}
 }
 
 // notify releases every waiter whose target count(target) says is met.

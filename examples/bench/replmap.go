@@ -116,12 +116,14 @@ func (s *replmapSystem) set(_ context.Context, key string, val []byte) error {
 	return s.p.Set(key, val)
 }
 
-func (s *replmapSystem) setWait(ctx context.Context, key string, val []byte) error {
+func (s *replmapSystem) setWait(_ context.Context, key string, val []byte) error {
 	if err := s.p.Set(key, val); err != nil {
 		return err
 	}
-	_, err := s.p.WaitContext(ctx, 1)
-	return err
+	if k, err := s.p.Wait(1, 0); err != nil || k < 1 {
+		return fmt.Errorf("Wait(1, 0) returned %d, %v", k, err)
+	}
+	return nil
 }
 
 func (s *replmapSystem) waitReplicas(ctx context.Context, n int) error {
