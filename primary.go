@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 )
 
 // Primary owns the authoritative copy of a map and replicates every write
@@ -174,8 +173,7 @@ func (p *Primary[V]) Set(key string, value V) error {
 		var packedKey string
 		var packed *byte
 		if p.store.packed {
-			b := *(*[]byte)(unsafe.Pointer(&value))
-			packedKey, packed = pack(key, b, b == nil)
+			packedKey, packed = p.store.packEntry(key, value)
 		}
 		p.writeMu.Lock()
 		switch {

@@ -87,14 +87,20 @@ func (s *store[V]) value(e *byte) V {
 
 func (s *store[V]) set(key string, v V) {
 	if s.packed {
-		b := *(*[]byte)(unsafe.Pointer(&v))
-		s.setPacked(pack(key, b, b == nil))
+		s.setPacked(s.packEntry(key, v))
 		return
 	}
 	sh := s.shard(key)
 	if put(&sh.mu, sh.m, key, v) {
 		s.n.Add(1)
 	}
+}
+
+// packEntry packs key and v, which is a []byte, for setPacked. Packed
+// stores only.
+func (s *store[V]) packEntry(key string, v V) (string, *byte) {
+	b := *(*[]byte)(unsafe.Pointer(&v))
+	return pack(key, b, b == nil)
 }
 
 // setBytes stores a []byte value given as wire bytes, without a

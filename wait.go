@@ -68,11 +68,12 @@ func (p *Primary[V]) WaitContext(ctx context.Context, n int) (int, error) {
 	}
 	p.requestAcks(target)
 	select {
-	case <-w.ready:
-		if k := p.ackCount(target); k >= n || !p.closed() {
-			return k, nil
+	case <-w.ready: // n acknowledged, or Close
+		k := p.ackCount(target)
+		if k < n && p.closed() {
+			return k, ErrClosed
 		}
-		return p.ackCount(target), ErrClosed
+		return k, nil
 	case <-ctx.Done():
 		return p.ackCount(target), ctx.Err()
 	}
