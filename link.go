@@ -180,17 +180,10 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 	defer ticker.Stop()
 	var getack, ping bool
 	for {
-		// If a Wait is writing a GETACK, let it write the stream too (it
-		// wakes this goroutine again if the stream grew meanwhile) rather
-		// than queue behind it, which costs a hand-off on the way out.
-		if l.wmu.TryLock() || (getack || ping) && lockOrDone(ctx, &l.wmu) {
-			err := l.flush(getack, ping)
-			l.wmu.Unlock()
-			if err != nil {
-				return linkError("stream", l.addr, err)
-			}
-			getack, ping = false, false
+		if err := l.sendPending(getack, ping); err != nil {
+			return linkError("stream", l.addr, err)
 		}
+		getack, ping = false, false
 		select {
 		case <-ctx.Done():
 			return nil
@@ -207,14 +200,18 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 	}
 }
 
-// lockOrDone locks mu, and reports false if ctx ended first.
-func lockOrDone(ctx context.Context, mu *sync.Mutex) bool {
-	mu.Lock()
-	if ctx.Err() != nil {
-		mu.Unlock()
-		return false
+// sendPending writes the stream, and the GETACK or PING asked for. With
+// only the stream to write it gives way to a Wait that holds the write
+// side: that Wait writes the stream too, and wakes the sender if it grew
+// meanwhile, so queueing behind it would only cost a hand-off.
+func (l *link[V]) sendPending(getack, ping bool) error {
+	if getack || ping {
+		l.wmu.Lock()
+	} else if !l.wmu.TryLock() {
+		return nil
 	}
-	return true
+	defer l.wmu.Unlock()
+	return l.flush(getack, ping)
 }
 
 // flush writes the stream up to the backlog's end, then a GETACK or a
@@ -318,6 +315,7 @@ func (l *link[V]) sendGetAck() {
 			l.wmu.Unlock()
 			if err != nil {
 				l.cancel(linkError("stream", l.addr, err))
+				return
 			}
 			// The sender may have given way to this write while the
 			// stream grew: make sure it looks again.
