@@ -202,6 +202,9 @@ type system interface {
 	// setBatch writes keys[i] = vals[i] from one goroutine, as fast as the
 	// system's client allows (pipelined for Redis).
 	setBatch(ctx context.Context, keys []string, vals [][]byte) error
+	// writeAll writes keys[i] = vals[i] as fast as the system can take
+	// them, with as many clients as suit it (W1, W2).
+	writeAll(ctx context.Context, keys []string, vals [][]byte) error
 	// set writes one key; safe for concurrent use.
 	set(ctx context.Context, key string, val []byte) error
 	// setWait writes one key and waits for one replica to acknowledge it

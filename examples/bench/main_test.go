@@ -31,8 +31,8 @@ func TestRunSmall(t *testing.T) {
 	dir := t.TempDir()
 	var out, progress bytes.Buffer
 	err := run(t.Context(), []string{
-		"-writes", "2000", "-keyspace", "500", "-latency-ops", "200", "-ack-time", "200ms",
-		"-sync-keys", "2000", "-resync-writes", "500", "-out", dir,
+		"-writes", "2000", "-keyspace", "1500", "-latency-ops", "200", "-ack-time", "200ms",
+		"-sync-keys", "2000", "-resync-writes", "300", "-out", dir,
 	}, &out, &progress)
 	require.NoError(t, err, progress.String())
 

@@ -17,10 +17,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// How the Redis side writes in W1 and W2: redisWriters connections, each
-// sending pipelines of redisBatch SETs (close to redis-benchmark -P 32
-// -c 50, Redis's best on this machine). replmap's writers call Set in
-// chunks of the same size.
+// How the Redis side writes in W1 and W2 without redis-benchmark:
+// redisWriters connections, each sending pipelines of redisBatch SETs.
+// replmap's writers call Set in chunks of the same size.
 const (
 	redisWriters = 8
 	redisBatch   = 100
@@ -245,23 +244,25 @@ func (s *redisSystem) setBatch(ctx context.Context, keys []string, vals [][]byte
 	return err
 }
 
-// bulkWrite is W1 and W2's write phase with redis-benchmark, Redis's own
-// load generator (C, 50 connections, pipelines of 32): the figure the
-// issue's Redis numbers were measured with, and well above what one
-// go-redis process reaches here. Its keys are key:NNNNNNNNNNNN (zero-padded
-// to 12 digits) and its values a fixed 100 bytes; Redis does the same work
-// either way. It reports false if redis-benchmark is not in use.
-func (s *redisSystem) bulkWrite(ctx context.Context, writes, keyspace, valueSize int) (bool, error) {
+// writeAll uses redis-benchmark, Redis's own load generator (C, 50
+// connections, pipelines of 32): the figure the Redis numbers were
+// measured with, and well above what one go-redis process reaches here.
+// It writes len(keys) SETs over the configured keyspace; its keys are
+// key:NNNNNNNNNNNN (zero-padded to 12 digits) and its values fixed bytes of
+// the configured size, which is the same work for Redis. Without
+// redis-benchmark it writes keys and vals over redisWriters go-redis
+// connections.
+func (s *redisSystem) writeAll(ctx context.Context, keys []string, vals [][]byte) error {
 	if s.benchmark == "" {
-		return false, nil
+		return writeConcurrently(ctx, redisWriters, keys, vals, s.setBatch)
 	}
 	cmd := exec.CommandContext(ctx, s.benchmark, "-h", "127.0.0.1", "-p", strconv.Itoa(s.primary.port),
-		"-t", "set", "-n", strconv.Itoa(writes), "-r", strconv.Itoa(keyspace), "-d", strconv.Itoa(valueSize),
-		"-P", "32", "-c", "50", "-q")
+		"-t", "set", "-n", strconv.Itoa(len(keys)), "-r", strconv.Itoa(s.cfg.keyspace),
+		"-d", strconv.Itoa(s.cfg.valueSize), "-P", "32", "-c", "50", "-q")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return true, fmt.Errorf("redis-benchmark: %w: %s", err, out)
+		return fmt.Errorf("redis-benchmark: %w: %s", err, out)
 	}
-	return true, nil
+	return nil
 }
 
 func (s *redisSystem) set(ctx context.Context, key string, val []byte) error {

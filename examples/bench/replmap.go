@@ -112,6 +112,12 @@ func (s *replmapSystem) setBatch(_ context.Context, keys []string, vals [][]byte
 	return nil
 }
 
+// writeAll writes from cfg.writers goroutines calling Set, as a service's
+// request handlers would.
+func (s *replmapSystem) writeAll(ctx context.Context, keys []string, vals [][]byte) error {
+	return writeConcurrently(ctx, s.cfg.writers, keys, vals, s.setBatch)
+}
+
 func (s *replmapSystem) set(_ context.Context, key string, val []byte) error {
 	return s.p.Set(key, val)
 }

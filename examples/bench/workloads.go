@@ -57,9 +57,9 @@ func randomValue(r *rand.ChaCha8, size int) []byte {
 
 func newRand() *rand.ChaCha8 {
 	var seed [32]byte
-	binary := uint64(time.Now().UnixNano())
+	ns := uint64(time.Now().UnixNano())
 	for i := range 8 {
-		seed[i] = byte(binary >> (8 * i))
+		seed[i] = byte(ns >> (8 * i))
 	}
 	return rand.NewChaCha8(seed)
 }
@@ -86,42 +86,33 @@ func replicatedWrites(ctx context.Context, s system, cfg config, n int) (float64
 	}
 
 	start := time.Now()
-	if bw, ok := s.(interface {
-		bulkWrite(ctx context.Context, writes, keyspace, valueSize int) (bool, error)
-	}); ok {
-		if done, err := bw.bulkWrite(ctx, cfg.writes, cfg.keyspace, cfg.valueSize); err != nil {
-			return 0, err
-		} else if done {
-			if err := s.waitReplicas(ctx, n); err != nil {
-				return 0, err
-			}
-			return float64(cfg.writes) / time.Since(start).Seconds(), nil
-		}
-	}
-	writers := cfg.writers
-	if _, ok := s.(*redisSystem); ok {
-		writers = redisWriters
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, writers)
-	chunk := (len(keys) + writers - 1) / writers
-	for w := range writers {
-		lo, hi := w*chunk, min((w+1)*chunk, len(keys))
-		wg.Go(func() {
-			for i := lo; i < hi && errs[w] == nil; i += redisBatch {
-				j := min(i+redisBatch, hi)
-				errs[w] = s.setBatch(ctx, keys[i:j], vals[i:j])
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := s.writeAll(ctx, keys, vals); err != nil {
 		return 0, err
 	}
 	if err := s.waitReplicas(ctx, n); err != nil {
 		return 0, err
 	}
 	return float64(len(keys)) / time.Since(start).Seconds(), nil
+}
+
+// writeConcurrently splits the writes between n goroutines, each calling
+// setBatch on batches of redisBatch.
+func writeConcurrently(ctx context.Context, n int, keys []string, vals [][]byte,
+	setBatch func(context.Context, []string, [][]byte) error) error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	chunk := (len(keys) + n - 1) / n
+	for w := range n {
+		lo, hi := min(w*chunk, len(keys)), min((w+1)*chunk, len(keys))
+		wg.Go(func() {
+			for i := lo; i < hi && errs[w] == nil; i += redisBatch {
+				j := min(i+redisBatch, hi)
+				errs[w] = setBatch(ctx, keys[i:j], vals[i:j])
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // setWaitLatency is W3: one goroutine doing Set then Wait(1, 0), over
@@ -271,7 +262,8 @@ func partialResync(ctx context.Context, s system, cfg config) (map[string]float6
 	for i := range vals {
 		vals[i] = randomValue(r, cfg.valueSize)
 	}
-	if err := s.setBatch(ctx, names[:min(1000, len(names))], vals[:min(1000, len(names), len(vals))]); err != nil {
+	prefill := min(1000, len(names), len(vals))
+	if err := s.setBatch(ctx, names[:prefill], vals[:prefill]); err != nil {
 		return nil, err
 	}
 	if err := s.waitReplicas(ctx, 1); err != nil {
