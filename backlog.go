@@ -55,37 +55,53 @@ type cursor struct {
 	onEvict   func(err error) // called once, under the backlog's lock, on eviction
 }
 
-func newBacklog(c config) *backlog {
-	return &backlog{
+// newBacklog returns an empty backlog whose stream starts at offset start:
+// a primary's at its offset, a replica's where its data begins.
+func newBacklog(c config, start uint64) *backlog {
+	b := &backlog{
 		size:      uint64(c.backlogSize),
 		limit:     uint64(c.bufferLimit),
 		softLimit: uint64(c.softLimit),
 		softTime:  c.softTime,
 		cursors:   make(map[*cursor]struct{}),
+		first:     start - start%backlogBlockSize,
+		start:     start,
 	}
+	b.end.Store(start)
+	return b
 }
 
-// append adds a frame's bytes at the end. The caller serialises appends.
-func (b *backlog) append(p []byte) {
+// append adds a record's bytes, given in parts, at the end. The caller
+// serialises appends.
+func (b *backlog) append(parts ...[]byte) {
 	b.mu.Lock()
 	end := b.end.Load()
-	for len(p) > 0 {
-		if end == b.first+uint64(len(b.blocks))*backlogBlockSize {
-			b.trim(end)
-			b.blocks = append(b.blocks, b.newBlock())
+	// Limits are judged against the start of the record: a cursor that has
+	// read everything before it is keeping up, however large the record
+	// (a record larger than the limit must not evict every replica).
+	recordStart := end
+	for _, p := range parts {
+		for len(p) > 0 {
+			i := (end - b.first) / backlogBlockSize
+			if i == uint64(len(b.blocks)) {
+				b.trim(end, recordStart)
+				i = (end - b.first) / backlogBlockSize
+				b.blocks = append(b.blocks, b.newBlock())
+			}
+			blk := b.blocks[i]
+			n := copy(blk[end%backlogBlockSize:], p)
+			p = p[n:]
+			end += uint64(n)
 		}
-		blk := b.blocks[(end-b.first)/backlogBlockSize]
-		n := copy(blk[end%backlogBlockSize:], p)
-		p = p[n:]
-		end += uint64(n)
 	}
 	b.end.Store(end)
 	b.mu.Unlock()
 }
 
 // trim frees the blocks that neither the size window nor any live cursor
-// needs, and evicts cursors past the buffer limits.
-func (b *backlog) trim(end uint64) {
+// needs, and evicts cursors that were past the buffer limits at
+// recordStart, the start of the record being appended.
+func (b *backlog) trim(end, recordStart uint64) {
 	var keep uint64
 	if end > b.size {
 		keep = end - b.size
@@ -95,7 +111,11 @@ func (b *backlog) trim(end uint64) {
 		if c.evicted {
 			continue
 		}
-		switch behind := end - c.pos; {
+		var behind uint64
+		if recordStart > c.pos {
+			behind = recordStart - c.pos
+		}
+		switch {
 		case behind > b.limit:
 			b.evict(c, fmt.Errorf("%w: %d bytes behind, over the limit of %d", ErrReplicaTooSlow, behind, b.limit))
 			continue

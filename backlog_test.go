@@ -12,7 +12,7 @@ import (
 )
 
 func TestBacklogWindowAndEviction(t *testing.T) {
-	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 4 * backlogBlockSize})
+	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 4 * backlogBlockSize}, 0)
 	frame := bytes.Repeat([]byte{1}, 1000)
 	evicted := 0
 	c, ok := b.newCursor(0, func(error) { evicted++ })
@@ -51,7 +51,7 @@ func TestBacklogSoftLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const soft = 2 * backlogBlockSize
 		b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 100 * backlogBlockSize,
-			softLimit: soft, softTime: 10 * time.Second})
+			softLimit: soft, softTime: 10 * time.Second}, 0)
 		var cause error
 		c, ok := b.newCursor(0, func(err error) { cause = err })
 		require.True(t, ok)
@@ -86,7 +86,7 @@ func TestBacklogSoftLimit(t *testing.T) {
 // TestBacklogReusesBlocks: blocks trimmed from the window are reused, so
 // a primary writing steadily allocates no new ones.
 func TestBacklogReusesBlocks(t *testing.T) {
-	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 4 * backlogBlockSize})
+	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 4 * backlogBlockSize}, 0)
 	block := make([]byte, backlogBlockSize)
 	for range 20 {
 		b.append(block)
@@ -99,7 +99,7 @@ func TestBacklogReusesBlocks(t *testing.T) {
 // the reader's next read, even once the window has moved past them: their
 // block is not reused while a reader may still be writing it out.
 func TestBacklogKeepsABlockBeingRead(t *testing.T) {
-	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 100 * backlogBlockSize})
+	b := newBacklog(config{backlogSize: MinBacklogSize, bufferLimit: 100 * backlogBlockSize}, 0)
 	c, ok := b.newCursor(0, nil)
 	require.True(t, ok)
 	b.append(bytes.Repeat([]byte{'A'}, backlogBlockSize))

@@ -165,7 +165,7 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 	}
 	p, err := NewPrimary[string](popts...)
 	require.NoError(t, err)
-	p.testHookWrite = c.recordWrite
+	p.n.testHookWrite = c.recordWrite
 	c.p = p
 	l, err := tr.Listen(primaryAddr)
 	require.NoError(t, err)

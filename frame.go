@@ -16,16 +16,19 @@ package replmap
 //
 // Replica to primary:
 //
-//	HELLO 'H'   u16 version, str replID ("" for none), u64 offset, str replica ID
+//	HELLO 'H'   u16 version, str replID ("" for none), u64 offset, str replica name,
+//	            str instance ID, u64 epoch (highest seen), u64 value type fingerprint,
+//	            u32 largest frame the replica reads
 //	ACK   'A'   u64 offset of the last write applied
 //	PING  'P'   (empty) keep-alive while syncing
 //
 // Primary to replica:
 //
-//	FULL     'F'  str replID, u64 offset O the snapshot starts from
+//	FULL     'F'  sync start: str replID, u64 offset O the snapshot starts from,
+//	              u64 epoch, str replID2, u64 replID2 offset
 //	CHUNK    'K'  snapshot entries: uv key length, key, uv value length, value
 //	END      'E'  u64 entry count, u32 CRC-32C of all CHUNK payloads, u64 offset E
-//	CONTINUE 'C'  str replID, u64 offset the stream resumes from
+//	CONTINUE 'C'  sync start, as FULL, with the offset the stream resumes from
 //	SET      's'  uv key length, key, value (the rest of the payload)
 //	DEL      'd'  key (the whole payload)
 //	PING     'P'  (empty) keep-alive on an idle link
@@ -47,13 +50,14 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"net"
 	"slices"
 	"time"
 )
 
 const (
-	protocolVersion = 1
+	protocolVersion = 2
 
 	frameHeaderSize = 5 // length + type
 	frameCRCSize    = 4
@@ -70,6 +74,10 @@ const (
 
 	// snapshotChunkSize is the payload size at which a CHUNK frame is sent.
 	snapshotChunkSize = 64 << 10
+
+	// maxKeptReadBuffer is the largest frame buffer a reader keeps between
+	// frames.
+	maxKeptReadBuffer = 256 << 10
 )
 
 type frameType byte
@@ -122,6 +130,12 @@ const (
 	codeVersion  uint16 = 1 // the replica's protocol version is not spoken
 	codeProtocol uint16 = 2 // the replica broke the protocol
 	codeTooSlow  uint16 = 3 // the replica fell behind the buffer limit
+
+	codeType          uint16 = 4 // the replica's value type differs
+	codeStaleEpoch    uint16 = 5 // the replica has seen a newer epoch than this node
+	codeNotSynced     uint16 = 6 // this node is a replica with no data to serve yet
+	codeReconnect     uint16 = 7 // this node's history changed: reconnect at once
+	codeDuplicateName uint16 = 8 // another replica instance holds this replica's name
 )
 
 func codeError(code uint16) error {
@@ -130,6 +144,16 @@ func codeError(code uint16) error {
 		return ErrVersion
 	case codeTooSlow:
 		return ErrReplicaTooSlow
+	case codeType:
+		return ErrTypeMismatch
+	case codeStaleEpoch:
+		return fmt.Errorf("%w: the upstream node is behind this replica's epoch", ErrStaleEpoch)
+	case codeNotSynced:
+		return fmt.Errorf("%w: the upstream replica has no data yet", ErrNotSynced)
+	case codeReconnect:
+		return errHistoryChanged
+	case codeDuplicateName:
+		return ErrDuplicateName
 	default:
 		return fmt.Errorf("%w: primary reported error code %d", ErrProtocol, code)
 	}
@@ -198,8 +222,13 @@ func (fr *frameReader) next() (frameType, []byte, int, error) {
 	if n > fr.max {
 		return 0, nil, 0, fmt.Errorf("%w: frame of %d bytes exceeds the %d-byte limit", ErrTooLarge, n, fr.max-1)
 	}
-	// Read payload and CRC, growing the buffer only as bytes arrive.
+	// Read payload and CRC, growing the buffer only as bytes arrive. A
+	// buffer grown for one huge frame is let go, not kept for the link's
+	// life.
 	want := n - 1 + frameCRCSize
+	if cap(fr.buf) > maxKeptReadBuffer && want <= maxKeptReadBuffer {
+		fr.buf = nil
+	}
 	var start time.Time
 	if fr.timeout > 0 && fr.r.Buffered() < want {
 		start = time.Now()
@@ -227,6 +256,13 @@ func (fr *frameReader) next() (frameType, []byte, int, error) {
 		return 0, nil, 0, fmt.Errorf("%w: %s frame", ErrChecksum, frameType(hdr[4]))
 	}
 	return frameType(hdr[4]), payload, n + 4 + frameCRCSize, nil
+}
+
+// raw returns the bytes of the frame next returned last, as read: its
+// header, then its payload and CRC. They are valid until the next call.
+func (fr *frameReader) raw() (head, rest []byte) {
+	n := int(binary.BigEndian.Uint32(fr.hdr[:4]))
+	return fr.hdr[:], fr.buf[:n-1+frameCRCSize]
 }
 
 // parser decodes a payload. The first failure sticks: later calls return
@@ -304,10 +340,14 @@ func (p *parser) end(what string) error {
 const maxIDLen = 256
 
 type hello struct {
-	version uint16
-	replID  string
-	offset  uint64
-	name    string
+	version     uint16
+	replID      string
+	offset      uint64
+	name        string
+	instance    string
+	epoch       uint64
+	fingerprint uint64
+	maxFrame    int
 }
 
 func appendHello(dst []byte, h hello) []byte {
@@ -317,6 +357,10 @@ func appendHello(dst []byte, h hello) []byte {
 	dst = appendString(dst, h.replID)
 	dst = binary.BigEndian.AppendUint64(dst, h.offset)
 	dst = appendString(dst, h.name)
+	dst = appendString(dst, h.instance)
+	dst = binary.BigEndian.AppendUint64(dst, h.epoch)
+	dst = binary.BigEndian.AppendUint64(dst, h.fingerprint)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(min(h.maxFrame, math.MaxUint32)))
 	return endFrame(dst, start)
 }
 
@@ -326,29 +370,56 @@ func parseHello(b []byte) (hello, error) {
 	h.version = p.u16("HELLO version")
 	if p.err == nil && h.version != protocolVersion {
 		// Do not parse further: a later version may lay out the rest differently.
-		return h, fmt.Errorf("%w: replica speaks version %d, primary %d", ErrVersion, h.version, protocolVersion)
+		return h, fmt.Errorf("%w: replica speaks version %d, this node %d", ErrVersion, h.version, protocolVersion)
 	}
 	h.replID = string(p.bytes("HELLO replication ID", maxIDLen))
 	h.offset = p.u64("HELLO offset")
-	h.name = string(p.bytes("HELLO replica ID", maxIDLen))
+	h.name = string(p.bytes("HELLO replica name", maxIDLen))
+	h.instance = string(p.bytes("HELLO instance ID", maxIDLen))
+	h.epoch = p.u64("HELLO epoch")
+	h.fingerprint = p.u64("HELLO type fingerprint")
+	h.maxFrame = int(p.u32("HELLO frame limit"))
 	return h, p.end("HELLO")
 }
 
-// appendSyncStart appends a FULL or CONTINUE frame: both carry a
-// replication ID and an offset.
-func appendSyncStart(dst []byte, t frameType, replID string, offset uint64) []byte {
+// syncStart is the payload of FULL and CONTINUE: the upstream's history
+// and the offset the stream (after a snapshot, for FULL) starts from.
+type syncStart struct {
+	replID        string
+	offset        uint64
+	epoch         uint64
+	replID2       string
+	replID2Offset uint64
+}
+
+func (s syncStart) history() history {
+	return history{replID: s.replID, replID2: s.replID2, replID2Offset: s.replID2Offset, epoch: s.epoch}
+}
+
+// appendSyncStart appends a FULL or CONTINUE frame.
+func appendSyncStart(dst []byte, t frameType, s syncStart) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, t)
-	dst = appendString(dst, replID)
-	dst = binary.BigEndian.AppendUint64(dst, offset)
+	dst = appendString(dst, s.replID)
+	dst = binary.BigEndian.AppendUint64(dst, s.offset)
+	dst = binary.BigEndian.AppendUint64(dst, s.epoch)
+	dst = appendString(dst, s.replID2)
+	dst = binary.BigEndian.AppendUint64(dst, s.replID2Offset)
 	return endFrame(dst, start)
 }
 
-func parseSyncStart(t frameType, b []byte) (replID string, offset uint64, err error) {
+func parseSyncStart(t frameType, b []byte) (syncStart, error) {
 	p := parser{b: b}
-	replID = string(p.bytes(t.String()+" replication ID", maxIDLen))
-	offset = p.u64(t.String() + " offset")
-	return replID, offset, p.end(t.String())
+	var s syncStart
+	s.replID = string(p.bytes(t.String()+" replication ID", maxIDLen))
+	s.offset = p.u64(t.String() + " offset")
+	s.epoch = p.u64(t.String() + " epoch")
+	s.replID2 = string(p.bytes(t.String()+" replication ID 2", maxIDLen))
+	s.replID2Offset = p.u64(t.String() + " replication ID 2 offset")
+	if p.err == nil && s.replID == "" {
+		p.err = fmt.Errorf("%w: %s without a replication ID", ErrProtocol, t)
+	}
+	return s, p.end(t.String())
 }
 
 type snapshotEnd struct {

@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"maps"
 	"runtime"
 	"testing"
 	"testing/iotest"
+
+	"github.com/replmap/replmap/transport"
 )
 
 // checkAlloc fails if running f allocated more than limit bytes.
@@ -88,14 +91,14 @@ func equalFrames(a, b [][]byte) bool {
 // FuzzHandshake parses arbitrary HELLO, FULL/CONTINUE, END, ACK and ERROR
 // payloads: errors, never panics, and round trips what parses.
 func FuzzHandshake(f *testing.F) {
-	f.Add(appendHello(nil, hello{version: 1, replID: "abc", offset: 7, name: "r"})[5:])
-	f.Add(appendSyncStart(nil, frameFull, "abc", 99)[5:])
+	f.Add(appendHello(nil, hello{version: protocolVersion, replID: "abc", offset: 7, name: "r", instance: "i", epoch: 3, fingerprint: 9, maxFrame: 1 << 20})[5:])
+	f.Add(appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 99, epoch: 2, replID2: "def", replID2Offset: 50})[5:])
 	f.Add(appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 2, offset: 3})[5:])
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		// Parsing copies at most the strings it finds.
 		checkAlloc(t, uint64(4*len(payload))+64<<10, func() {
 			_, _ = parseHello(payload)
-			_, _, _ = parseSyncStart(frameFull, payload)
+			_, _ = parseSyncStart(frameFull, payload)
 			_, _ = parseSnapshotEnd(payload)
 		})
 		// Varints may arrive in non-canonical form, so the round trip
@@ -106,10 +109,10 @@ func FuzzHandshake(f *testing.F) {
 				t.Fatalf("HELLO round trip: %+v vs %+v (%v)", h, h2, err)
 			}
 		}
-		if id, off, err := parseSyncStart(frameFull, payload); err == nil {
-			re := appendSyncStart(nil, frameFull, id, off)
-			if id2, off2, err := parseSyncStart(frameFull, re[5:len(re)-4]); err != nil || id2 != id || off2 != off {
-				t.Fatalf("FULL round trip differs")
+		if st, err := parseSyncStart(frameFull, payload); err == nil {
+			re := appendSyncStart(nil, frameFull, st)
+			if st2, err := parseSyncStart(frameFull, re[5:len(re)-4]); err != nil || st2 != st {
+				t.Fatalf("FULL round trip differs: %+v vs %+v", st, st2)
 			}
 		}
 		if e, err := parseSnapshotEnd(payload); err == nil {
@@ -182,17 +185,14 @@ func FuzzStreamRecord(f *testing.F) {
 // runReplicaStream feeds r to a replica holding {"old": old} at offset 5
 // of history "old", through its whole receive path, and returns it.
 func runReplicaStream[V any](t *testing.T, r io.Reader, old V) *Replica[V] {
-	rep := &Replica[V]{
-		cfg:    config{maxKeySize: 64, maxValueSize: 1 << 10},
-		addr:   "fuzz",
-		synced: make(chan struct{}),
-	}
-	data := &replicaData[V]{store: newStore[V](), replID: "old"}
-	data.store.set("old", old)
-	data.offset.Store(5)
-	rep.data.Store(data)
-	rep.state.Store(StateConnecting)
-	s := &replicaSession[V]{r: rep, fr: newFrameReader(r, 4<<10), w: io.Discard}
+	cfg := config{maxKeySize: 64, maxValueSize: 1 << 10, backlogSize: MinBacklogSize, bufferLimit: MinBacklogSize,
+		maxHandshakes: 1, logger: slog.New(slog.DiscardHandler)}
+	d := &dataset[V]{store: newStore[V](), backlog: newBacklog(cfg, 0), hist: history{replID: "old"}}
+	d.store.set("old", old)
+	d.backlog.append(make([]byte, 5)) // offset 5
+	n := newNode(cfg, roleReplica, d)
+	rep := newReplicaHandle(n, transport.NewInmem(), "fuzz", cfg, nil)
+	s := &replicaSession[V]{r: rep, n: n, addr: "fuzz", synced: rep.synced, fr: newFrameReader(r, 4<<10), w: io.Discard}
 	if err := s.receive(); err == nil {
 		t.Fatal("receive returned nil at the end of the input")
 	}
@@ -201,7 +201,7 @@ func runReplicaStream[V any](t *testing.T, r io.Reader, old V) *Replica[V] {
 
 func FuzzReplicaStream(f *testing.F) {
 	var full bytes.Buffer
-	full.Write(appendSyncStart(nil, frameFull, "id", 10))
+	full.Write(appendSyncStart(nil, frameFull, syncStart{replID: "id", offset: 10}))
 	rec1, _ := appendSetFrame(nil, "b", "x", 1<<10)
 	full.Write(rec1)
 	sw := snapshotWriter{w: &full}
@@ -213,7 +213,7 @@ func FuzzReplicaStream(f *testing.F) {
 	full.Write(pingFrame)
 	full.Write(rec1)
 	f.Add(full.Bytes(), 7)
-	cont := appendSyncStart(nil, frameContinue, "old", 5)
+	cont := appendSyncStart(nil, frameContinue, syncStart{replID: "old", offset: 5})
 	cont = append(cont, rec1...)
 	cont = append(cont, getAckFrame...)
 	cont = append(cont, appendDelFrame(nil, "b")...)

@@ -8,6 +8,7 @@ require (
 	github.com/stretchr/testify v1.11.1
 	go.uber.org/goleak v1.3.0
 	golang.org/x/net v0.44.0
+	golang.org/x/sync v0.17.0
 )
 
 require (

@@ -117,3 +117,10 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	require.Eventually(t, cond, 30*time.Second, time.Millisecond, "waiting for %s", what)
 }
+
+// handHello returns a HELLO frame for a hand-driven replica of V with no
+// data: the name doubles as its instance ID.
+func handHello[V any](name string) []byte {
+	return appendHello(nil, hello{version: protocolVersion, name: name, instance: name,
+		fingerprint: typeFingerprint[V](), maxFrame: DefaultMaxFrameSize})
+}

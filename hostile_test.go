@@ -71,7 +71,7 @@ func (f *fakePrimary) send(frames ...[]byte) {
 func (f *fakePrimary) fullSync(replID string, data map[string]int) {
 	f.t.Helper()
 	var buf bytes.Buffer
-	buf.Write(appendSyncStart(nil, frameFull, replID, 0))
+	buf.Write(appendSyncStart(nil, frameFull, syncStart{replID: replID, offset: 0}))
 	sw := snapshotWriter{w: &buf}
 	for k, v := range data {
 		require.NoError(f.t, addEntry(&sw, k, v))
@@ -145,7 +145,7 @@ func TestHostilePrimary(t *testing.T) {
 			h := fake.accept()
 			assert.Equal(t, "feedface", h.replID)
 			assert.Zero(t, h.offset)
-			fake.send(appendSyncStart(nil, frameContinue, "feedface", 0))
+			fake.send(appendSyncStart(nil, frameContinue, syncStart{replID: "feedface", offset: 0}))
 		})
 	}
 }
@@ -169,7 +169,7 @@ func TestHostileSnapshot(t *testing.T) {
 		{"END checksum lies", [][]byte{goodChunk(), appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 1, offset: 0})}, ErrChecksum},
 		{"corrupted chunk", [][]byte{corruptCRC(goodChunk())}, ErrChecksum},
 		{"END behind the stream", [][]byte{setFrame(t, "x", 1), appendSnapshotEnd(nil, snapshotEnd{})}, ErrProtocol},
-		{"END before FULL offset", [][]byte{appendSyncStart(nil, frameFull, "abc", 100)}, nil},
+		{"END before FULL offset", [][]byte{appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 100})}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -182,7 +182,7 @@ func TestHostileSnapshot(t *testing.T) {
 				fake.send(appendSnapshotEnd(nil, snapshotEnd{offset: 50}))
 				c.want = ErrProtocol
 			} else {
-				fake.send(appendSyncStart(nil, frameFull, "abc", 0))
+				fake.send(appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 0}))
 				fake.send(c.frames...)
 			}
 			fake.dropped()
@@ -211,7 +211,7 @@ func TestRecordsInterleavedWithSnapshot(t *testing.T) {
 	setB, delA, setC := setFrame(t, "b", 20), appendDelFrame(nil, "a"), setFrame(t, "c", 3)
 	upTo := uint64(100 + len(setB) + len(delA))
 
-	fake.send(appendSyncStart(nil, frameFull, "abc", 100), setB, delA, chunks.Bytes())
+	fake.send(appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 100}), setB, delA, chunks.Bytes())
 	fake.send(appendSnapshotEnd(nil, snapshotEnd{count: sw.count, crc: sw.crc, offset: upTo + uint64(len(setC))}))
 	assert.Never(t, func() bool { return r.Len() > 0 }, 50*time.Millisecond, time.Millisecond,
 		"served before the stream reached END's offset")
@@ -232,7 +232,7 @@ func TestHostileReplica(t *testing.T) {
 	good := startReplica[int](t, net, "p")
 	waitSynced(t, good)
 
-	helloFrame := appendHello(nil, hello{version: protocolVersion, name: "liar"})
+	helloFrame := handHello[int]("liar")
 	hugeLen := append(binary.BigEndian.AppendUint32(nil, 0xffffffff), byte(frameHello))
 	cases := []struct {
 		name  string

@@ -41,7 +41,7 @@ func TestConnectCloseCycles(t *testing.T) {
 	require.NoError(t, err)
 	waitSynced(t, resumer)
 
-	hello := appendHello(nil, hello{version: protocolVersion, name: "raw"})
+	hello := handHello[string]("raw")
 	cycle := func(i int) {
 		switch i % 5 {
 		case 0: // a replica that full-syncs and closes
@@ -96,9 +96,9 @@ func TestConnectCloseCycles(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	waitFor(t, "file descriptors back to the baseline", func() bool { return openFDs(t) <= fds })
-	p.backlog.mu.Lock()
-	cursors := len(p.backlog.cursors)
-	p.backlog.mu.Unlock()
+	p.n.data().backlog.mu.Lock()
+	cursors := len(p.n.data().backlog.cursors)
+	p.n.data().backlog.mu.Unlock()
 	assert.Equal(t, 1, cursors, "backlog cursors left pinned")
 	grown := heapInUse() - heap
 	t.Logf("%d cycles in %v; goroutines %d -> %d, fds %d -> %d, heap %d -> %d bytes (%+d)",
@@ -170,7 +170,7 @@ func TestCloseInEveryPhase(t *testing.T) {
 			sw := snapshotWriter{w: &chunk}
 			require.NoError(t, addEntry(&sw, "a", []byte("1")))
 			require.NoError(t, sw.flush())
-			fake.send(appendSyncStart(nil, frameFull, "abc", 0), chunk.Bytes())
+			fake.send(appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 0}), chunk.Bytes())
 			synctest.Wait()
 			require.Equal(t, StateSyncing, r.Info().State)
 			return nil, r

@@ -17,18 +17,33 @@ import (
 // errReplaced ends a link whose replica connected again.
 var errReplaced = errors.New("replmap: replaced by a newer link from the same replica")
 
-// link is the primary's end of one replica connection. Two goroutines
-// serve it: the sender writes the snapshot, the stream and keep-alives;
-// the receiver reads ACKs. Whichever fails first cancels the link, which
-// closes the connection and so stops the other.
+// errHistoryChanged ends the links of a node whose history changed (a
+// full sync, a promotion, a shift to the upstream's new history): the
+// replicas reconnect at once and learn the new history.
+var errHistoryChanged = errors.New("replmap: history changed; reconnect")
+
+// link is a node's end of one downstream replica connection. Two
+// goroutines serve it: the sender writes the snapshot, the stream and
+// keep-alives; the receiver reads ACKs. Whichever fails first cancels the
+// link, which closes the connection and so stops the other.
 type link[V any] struct {
-	p      *Primary[V]
-	addr   string
-	id     string
-	cancel context.CancelCauseFunc
+	n        *node[V]
+	d        *dataset[V] // the data whose stream the link sends
+	addr     string
+	name     string // the replica's name, for display
+	instance string // the replica's random instance ID: one link per instance
+	cancel   context.CancelCauseFunc
 
 	wake   chan struct{} // the stream grew
 	getack chan struct{} // a Wait wants an ACK and could not write it itself
+
+	// stop, once set, is the offset the link's history ends at: the
+	// sender writes the stream up to it, then an ERROR telling the replica
+	// to reconnect, and ends the link with stopErr (see drop).
+	stopMu  sync.Mutex
+	stop    uint64
+	stopErr error
+	stopped chan struct{}
 
 	// wmu guards the connection's write side: bw and cur. The sender holds
 	// it while it writes; a Wait, or the receiver on an ACK, takes it only
@@ -46,18 +61,41 @@ type link[V any] struct {
 	inflight bool // a GETACK was requested and its ACK has not come
 	more     bool // a Wait needs a GETACK after the one in flight
 
+	maxFrame    int           // the largest frame the replica reads
 	sent        atomic.Uint64 // stream offset handed to the connection
 	asked       atomic.Uint64 // stream offset the last GETACK followed
 	ack         atomic.Int64  // highest offset acknowledged; -1 before the first ACK
 	lastAck     atomic.Int64  // UnixNano of the last ACK
 	streaming   atomic.Bool   // snapshot done
+	ackable     atomic.Bool   // the sync's last frame (CONTINUE or END) is being sent: ACKs may come
 	connectedAt time.Time
+}
+
+// drop ends the link because its node's history ended at the current
+// end of the stream. The caller holds the node's writeMu, so nothing is
+// appended meanwhile: the replica gets the stream exactly up to the
+// change, then an ERROR that makes it reconnect at once.
+func (l *link[V]) drop(err error) {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	if l.stopErr != nil {
+		return
+	}
+	l.stop, l.stopErr = l.d.backlog.end.Load(), err
+	close(l.stopped)
+}
+
+// stopAt returns the offset the link may send up to.
+func (l *link[V]) stopAt() (uint64, bool) {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	return l.stop, l.stopErr != nil
 }
 
 // evict drops a link that fell too far behind, at once: its sender may be
 // blocked writing to a replica that stopped reading.
 func (l *link[V]) evict(err error) {
-	l.p.droppedSlow.Add(1)
+	l.n.droppedSlow.Add(1)
 	l.cancel(err)
 }
 
@@ -67,9 +105,9 @@ func (l *link[V]) acked() (uint64, bool) {
 	return uint64(a), a >= 0
 }
 
-func (l *link[V]) info(primaryOffset uint64) ReplicaLink {
+func (l *link[V]) info(end uint64) ReplicaLink {
 	ri := ReplicaLink{
-		ID:          l.id,
+		ID:          l.name,
 		Addr:        l.addr,
 		State:       LinkSyncing,
 		SentOffset:  l.sent.Load(),
@@ -82,67 +120,121 @@ func (l *link[V]) info(primaryOffset uint64) ReplicaLink {
 		ri.AckOffset = off
 		ri.LastAck = time.Unix(0, l.lastAck.Load())
 	}
-	if primaryOffset > ri.AckOffset {
-		ri.Lag = primaryOffset - ri.AckOffset
+	if end > ri.AckOffset {
+		ri.Lag = end - ri.AckOffset
 	}
 	return ri
 }
 
-// serveLink runs one replica connection from handshake to close.
-func (p *Primary[V]) serveLink(conn net.Conn) {
-	ctx, cancel := context.WithCancelCause(p.ctx)
+// maxInboundFrame bounds the frames a node reads from a downstream
+// replica: HELLO, ACK and PING are all small, so a hostile replica cannot
+// make the node buffer a data-sized frame.
+const maxInboundFrame = 4 << 10
+
+// serveLink runs one downstream connection from handshake to close. The
+// caller has taken a handshake slot; serveLink gives it back once the
+// handshake is over.
+func (n *node[V]) serveLink(conn net.Conn) {
+	ctx, cancel := context.WithCancelCause(n.ctx)
 	defer cancel(nil)
 	defer closeWhenDone(ctx, conn)()
 	defer conn.Close()
 
 	addr := conn.RemoteAddr().String()
-	dc := &deadlineConn{Conn: conn, timeout: p.cfg.linkTimeout}
-	fr := newFrameReader(dc, p.cfg.maxFrameSize)
-	fr.timeout = p.cfg.linkTimeout
-	h, err := readHello(fr)
+	dc := &deadlineConn{Conn: conn, timeout: n.cfg.linkTimeout}
+	fr := newFrameReader(dc, maxInboundFrame)
+	fr.timeout = n.cfg.linkTimeout
+	l, err := n.handshake(ctx, fr, dc, addr, cancel)
+	n.handshakes.Release(1)
 	if err != nil {
-		if errors.Is(err, ErrVersion) {
-			_, _ = dc.Write(appendErrorFrame(nil, codeVersion))
-		}
-		p.log.Info("replica handshake failed", "addr", addr, "err", linkError("handshake", addr, err))
+		n.log.Info("replica handshake failed", "addr", addr, "err", linkError("handshake", addr, err))
 		return
 	}
-
-	l := &link[V]{
-		p:           p,
-		addr:        addr,
-		id:          h.name,
-		cancel:      cancel,
-		wake:        make(chan struct{}, 1),
-		getack:      make(chan struct{}, 1),
-		connectedAt: time.Now(),
-	}
-	l.ack.Store(-1)
-	if h.replID == p.replID {
-		if c, ok := p.backlog.newCursor(h.offset, l.evict); ok {
-			l.cur = c
-			l.sent.Store(h.offset)
-		}
-	}
-	p.addLink(l)
-	log := p.log.With("replica", l.id, "addr", addr)
-	log.Debug("replica connected", "partial", l.cur != nil, "offset", h.offset)
+	log := n.log.With("replica", l.name, "addr", addr)
+	log.Debug("replica connected", "partial", l.cur != nil, "offset", l.sent.Load())
 
 	var wg sync.WaitGroup
 	wg.Go(func() { cancel(l.receive(fr)) })
 	cancel(l.send(ctx, dc))
 	wg.Wait()
 
-	p.removeLink(l)
+	n.removeLink(l)
 	l.wmu.Lock() // wait out a GETACK being written by a Wait
 	l.streaming.Store(false)
 	if l.cur != nil {
-		p.backlog.release(l.cur)
+		l.d.backlog.release(l.cur)
 	}
 	l.wmu.Unlock()
-	if err := context.Cause(ctx); !errors.Is(err, ErrClosed) {
+	if err := context.Cause(ctx); !errors.Is(err, ErrClosed) && !errors.Is(err, errHistoryChanged) {
 		log.Info("replica link closed", "err", err)
 	}
+}
+
+// handshake reads the replica's HELLO, checks it, and registers the link:
+// with a cursor where the replica can continue (a partial resync), without
+// one for a full sync. It refuses, with an ERROR frame saying why, a
+// replica of another protocol version or value type, one of a newer epoch
+// (which also makes a primary stale, H3), and any replica while this node
+// has no history to serve (a replica that never synced).
+func (n *node[V]) handshake(ctx context.Context, fr *frameReader, w io.Writer, addr string, cancel context.CancelCauseFunc) (*link[V], error) {
+	refuse := func(code uint16, err error) (*link[V], error) {
+		_, _ = w.Write(appendErrorFrame(nil, code))
+		return nil, err
+	}
+	h, err := readHello(fr)
+	if err != nil {
+		if errors.Is(err, ErrVersion) {
+			return refuse(codeVersion, err)
+		}
+		return nil, err
+	}
+	if fp := typeFingerprint[V](); h.fingerprint != fp {
+		return refuse(codeType, fmt.Errorf("%w: replica's value type has fingerprint %016x, this node's %016x", ErrTypeMismatch, h.fingerprint, fp))
+	}
+	if mine := n.maxEpoch.Load(); h.epoch > mine {
+		if n.currentRole() == rolePrimary && !n.stale.Swap(true) {
+			n.log.Warn("a replica has seen a newer epoch: this primary is stale and refuses writes", "epoch", mine, "replica_epoch", h.epoch, "addr", addr)
+		}
+		return refuse(codeStaleEpoch, fmt.Errorf("%w: replica has seen epoch %d, this node is at %d", ErrStaleEpoch, h.epoch, mine))
+	}
+
+	l := &link[V]{
+		n:           n,
+		addr:        addr,
+		name:        h.name,
+		instance:    h.instance,
+		cancel:      cancel,
+		wake:        make(chan struct{}, 1),
+		getack:      make(chan struct{}, 1),
+		stopped:     make(chan struct{}),
+		connectedAt: time.Now(),
+	}
+	l.ack.Store(-1)
+	// Decide and register under writeMu: the history and the backlog
+	// cannot change in between, and a swap that follows sees the link.
+	n.writeMu.Lock()
+	d := n.data()
+	if d.hist.replID == "" {
+		n.writeMu.Unlock()
+		return refuse(codeNotSynced, fmt.Errorf("%w: this replica has no data to serve yet", ErrNotSynced))
+	}
+	l.d = d
+	if d.hist.covers(h.replID, h.offset) {
+		if c, ok := d.backlog.newCursor(h.offset, l.evict); ok {
+			l.cur = c
+			l.sent.Store(h.offset)
+		}
+	}
+	l.maxFrame = h.maxFrame
+	if err := n.addLink(l); err != nil {
+		n.writeMu.Unlock()
+		if l.cur != nil {
+			d.backlog.release(l.cur)
+		}
+		return refuse(codeDuplicateName, err)
+	}
+	n.writeMu.Unlock()
+	return l, nil
 }
 
 func readHello(fr *frameReader) (hello, error) {
@@ -160,23 +252,29 @@ func readHello(fr *frameReader) (hello, error) {
 // from the link's cursor, GETACKs when a Wait asks, and a PING on every
 // heartbeat in which nothing else was sent.
 func (l *link[V]) send(ctx context.Context, w io.Writer) error {
-	p := l.p
+	n := l.n
 	l.wmu.Lock()
 	l.bw = bufio.NewWriterSize(w, 64<<10)
 	var err error
 	if l.cur == nil {
 		err = l.sendSnapshot(ctx, l.bw)
 	} else {
-		p.partialSyncs.Add(1)
-		_, err = l.bw.Write(appendSyncStart(nil, frameContinue, p.replID, l.cur.pos))
+		n.partialSyncs.Add(1)
+		l.ackable.Store(true)
+		_, err = l.bw.Write(appendSyncStart(nil, frameContinue, l.start(l.cur.pos)))
 	}
 	l.wmu.Unlock()
 	if err != nil {
 		return linkError("sync", l.addr, err)
 	}
 	l.streaming.Store(true)
+	// A Wait that began before this link was streaming asked the old
+	// link, or none: ask this one now rather than a heartbeat later.
+	if target, ok := n.waits.maxTarget(); ok {
+		l.requestAck(target)
+	}
 
-	ticker := time.NewTicker(p.cfg.heartbeat)
+	ticker := time.NewTicker(n.cfg.heartbeat)
 	defer ticker.Stop()
 	var getack, ping bool
 	for {
@@ -187,6 +285,8 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-l.stopped:
+			return l.finish()
 		case <-l.wake:
 			// Let the writers that are ready to run append their records
 			// first, so that one system call carries them all. With no
@@ -198,6 +298,29 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 			ping = !l.active.Swap(false)
 		}
 	}
+}
+
+// start returns the FULL or CONTINUE payload for a stream starting at
+// offset, in the link's history.
+func (l *link[V]) start(offset uint64) syncStart {
+	h := l.d.hist
+	return syncStart{replID: h.replID, offset: offset, epoch: h.epoch, replID2: h.replID2, replID2Offset: h.replID2Offset}
+}
+
+// finish ends a dropped link: the stream up to where its history ended,
+// then an ERROR that tells the replica to reconnect at once.
+func (l *link[V]) finish() error {
+	l.stopMu.Lock()
+	err := l.stopErr
+	l.stopMu.Unlock()
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if ferr := l.flush(false, false); ferr != nil {
+		return linkError("stream", l.addr, ferr)
+	}
+	_, _ = l.bw.Write(appendErrorFrame(nil, codeReconnect))
+	_ = l.bw.Flush()
+	return err
 }
 
 // sendPending writes the stream, and the GETACK or PING asked for. With
@@ -273,7 +396,7 @@ func (l *link[V]) inlineOK() bool {
 	ack, ok := l.acked()
 	sent := l.sent.Load()
 	return ok && l.streaming.Load() &&
-		l.p.backlog.end.Load()-sent <= inlineMaxPending && sent-ack <= inlineMaxUnacked
+		l.d.backlog.end.Load()-sent <= inlineMaxPending && sent-ack <= inlineMaxUnacked
 }
 
 // acknowledged updates the GETACK state for an ACK of off, sending the
@@ -319,7 +442,7 @@ func (l *link[V]) sendGetAck() {
 			}
 			// The sender may have given way to this write while the
 			// stream grew: make sure it looks again.
-			if l.p.backlog.end.Load() > l.sent.Load() {
+			if l.d.backlog.end.Load() > l.sent.Load() {
 				l.wakeSender()
 			}
 			return
@@ -332,11 +455,17 @@ func (l *link[V]) sendGetAck() {
 	}
 }
 
-// drain writes the stream from the link's cursor to the backlog's end. An
-// evicted link gets an ERROR frame saying so before it is dropped.
+// drain writes the stream from the link's cursor up to the backlog's end
+// as it was on entry (so a Wait that writes inline writes a bounded
+// amount), and no further than where the link's history ends. An evicted
+// link gets an ERROR frame saying so before it is dropped.
 func (l *link[V]) drain(w *bufio.Writer) (wrote bool, err error) {
-	for {
-		chunk, err := l.p.backlog.read(l.cur, 256<<10)
+	end := l.d.backlog.end.Load()
+	if stop, ok := l.stopAt(); ok {
+		end = min(end, stop)
+	}
+	for l.cur.pos < end {
+		chunk, err := l.d.backlog.read(l.cur, int(min(end-l.cur.pos, 256<<10)))
 		if errors.Is(err, ErrReplicaTooSlow) {
 			_, _ = w.Write(appendErrorFrame(nil, codeTooSlow))
 			_ = w.Flush()
@@ -352,6 +481,7 @@ func (l *link[V]) drain(w *bufio.Writer) (wrote bool, err error) {
 		}
 		wrote = true
 	}
+	return wrote, nil
 }
 
 var (
@@ -372,13 +502,16 @@ func (l *link[V]) receive(fr *frameReader) error {
 			if err != nil {
 				return linkError("stream", l.addr, err)
 			}
+			if !l.ackable.Load() {
+				return linkError("stream", l.addr, fmt.Errorf("%w: ACK before the sync finished", ErrProtocol))
+			}
 			if sent := l.sent.Load(); off > sent {
 				return linkError("stream", l.addr, fmt.Errorf("%w: ACK for offset %d beyond the %d sent", ErrProtocol, off, sent))
 			}
 			l.lastAck.Store(time.Now().UnixNano())
 			if int64(off) > l.ack.Load() {
 				l.ack.Store(int64(off))
-				l.p.ackAdvanced()
+				l.n.ackAdvanced()
 			}
 			l.acknowledged(off)
 		case framePing:

@@ -56,6 +56,10 @@ const (
 	// most DefaultReconnectMin.
 	DefaultReconnectMin = 50 * time.Millisecond
 	DefaultReconnectMax = 5 * time.Second
+
+	// DefaultMaxPendingHandshakes is how many accepted connections may be
+	// in their handshake at once before more are refused: 64.
+	DefaultMaxPendingHandshakes = 64
 )
 
 // An Option configures a Primary or a Replica. Options that concern only
@@ -82,6 +86,13 @@ type config struct {
 	reconnectMax time.Duration
 	logger       *slog.Logger
 	replicaName  string
+
+	maxHandshakes  int
+	epoch          uint64
+	epochSet       bool
+	allowDataLoss  bool
+	minReplicas    int
+	minReplicasLag time.Duration
 }
 
 func newConfig(opts []Option) (config, error) {
@@ -97,6 +108,8 @@ func newConfig(opts []Option) (config, error) {
 		linkTimeout:  DefaultLinkTimeout,
 		reconnectMin: DefaultReconnectMin,
 		reconnectMax: DefaultReconnectMax,
+
+		maxHandshakes: DefaultMaxPendingHandshakes,
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -143,6 +156,12 @@ func (c *config) validate() error {
 	}
 	if c.reconnectMin <= 0 || c.reconnectMax < c.reconnectMin {
 		bad("reconnect backoff [%v, %v] is not a positive range", c.reconnectMin, c.reconnectMax)
+	}
+	if c.maxHandshakes <= 0 {
+		bad("pending handshake limit %d is not positive", c.maxHandshakes)
+	}
+	if c.minReplicas < 0 || (c.minReplicas > 0 && c.minReplicasLag <= 0) {
+		bad("min replicas %d within %v: need n >= 0 and a positive lag", c.minReplicas, c.minReplicasLag)
 	}
 	return errors.Join(errs...)
 }
@@ -231,4 +250,44 @@ func WithLogger(l *slog.Logger) Option {
 // the same ID replaces the old one. The default is random. Replica only.
 func WithReplicaName(name string) Option {
 	return optionFunc(func(c *config) { c.replicaName = name })
+}
+
+// WithMaxPendingHandshakes caps the connections a Primary, or a Replica
+// serving sub-replicas, holds in their handshake at once; connections
+// beyond it are closed at once, so a flood of idle connections costs
+// little. Default [DefaultMaxPendingHandshakes].
+func WithMaxPendingHandshakes(n int) Option {
+	return optionFunc(func(c *config) { c.maxHandshakes = n })
+}
+
+// WithEpoch sets the fencing epoch of the history a primary starts:
+// NewPrimary's (default 0) or Promote's (default one more than the highest
+// epoch the replica has seen; a given epoch must be higher than that, or
+// Promote returns ErrStaleEpoch). Replicas never follow a primary of an
+// older epoch than one they have seen, and a primary that meets a replica
+// of a newer epoch stops taking writes, so a coordinator that hands out
+// increasing epochs fences off deposed primaries.
+func WithEpoch(epoch uint64) Option {
+	return optionFunc(func(c *config) { c.epoch, c.epochSet = epoch, true })
+}
+
+// WithAllowDataLoss lets a replica that holds data accept a full sync
+// that throws it away: from a primary of an unrelated history that is
+// behind it and of no newer epoch, which it otherwise refuses with
+// [ErrWouldLoseData] (an empty primary restarted without its data would
+// otherwise wipe every replica). Replica only.
+func WithAllowDataLoss() Option {
+	return optionFunc(func(c *config) { c.allowDataLoss = true })
+}
+
+// WithMinReplicas makes every write on a primary fail with
+// [ErrNotEnoughReplicas], writing nothing, unless at least n replicas
+// have acknowledged within maxLag (Redis's min-replicas-to-write and
+// min-replicas-max-lag). Replicas acknowledge every heartbeat
+// ([WithHeartbeat]), so maxLag should be a few heartbeats. It bounds how
+// long a primary cut off from its replicas keeps taking writes that a
+// failover would lose. Given to Promote, it applies to the new primary.
+// Primary only.
+func WithMinReplicas(n int, maxLag time.Duration) Option {
+	return optionFunc(func(c *config) { c.minReplicas, c.minReplicasLag = n, maxLag })
 }

@@ -1,14 +1,11 @@
 package replmap
 
 import (
-	"context"
-	"errors"
+	"fmt"
 	"iter"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // Primary owns the authoritative copy of a map and replicates every write
@@ -23,144 +20,112 @@ import (
 // it afterwards. ([]byte values are copied into the store, so those may be
 // reused once Set returns; see the package documentation.)
 type Primary[V any] struct {
-	cfg     config
-	log     *slog.Logger
-	replID  string
-	store   *store[V]
-	backlog *backlog
-	waits   waitList
+	n    *node[V]
+	cfg  config   // this handle's options
+	opts []Option // as given, for Demote's defaults
 
-	// writeMu orders writes: each applies to the store and appends its
-	// record to the backlog under it, so the stream's order is the store's.
-	writeMu sync.Mutex
+	// handoverMu orders Close and Demote, so that a Close never closes a
+	// node that a concurrent Demote is handing to a Replica.
+	handoverMu sync.Mutex
 
-	ctx      context.Context // cancelled by Close, with cause ErrClosed
-	cancel   context.CancelCauseFunc
-	wg       sync.WaitGroup // one per link goroutine
-	isClosed atomic.Bool
-
-	mu        sync.Mutex // guards the fields below
-	closing   bool
-	listeners map[net.Listener]struct{}
-	links     atomic.Pointer[[]*link[V]] // replaced whole under mu, read without it
-
-	fullSyncs    atomic.Uint64
-	partialSyncs atomic.Uint64
-	droppedSlow  atomic.Uint64
+	// closedCh is closed when this handle is closed: by Close, or by a
+	// handover (Demote) that gave its node to a Replica.
+	closedCh  chan struct{}
+	closeOnce sync.Once
+	isClosed  atomic.Bool
 
 	frames sync.Pool // *[]byte scratch for encoding records
-
-	// testHookWrite, if set before the first write, is called under
-	// writeMu with each record appended to the stream and the offset it
-	// ends at, so tests can know the primary's state at every offset.
-	testHookWrite func(record []byte, end uint64)
 }
 
-// NewPrimary returns a Primary with an empty store. It reports every
+// NewPrimary returns a Primary with an empty store, starting a new history
+// at offset 0 (of epoch 0, or that of [WithEpoch]). It reports every
 // invalid option at once, each wrapping ErrInvalidOption.
 func NewPrimary[V any](opts ...Option) (*Primary[V], error) {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return nil, err
 	}
-	p := &Primary[V]{
-		cfg:       cfg,
-		replID:    newReplID(),
-		store:     newStore[V](),
-		backlog:   newBacklog(cfg),
-		listeners: make(map[net.Listener]struct{}),
+	d := &dataset[V]{
+		store:   newStore[V](),
+		backlog: newBacklog(cfg, 0),
+		hist:    history{replID: newReplID(), epoch: cfg.epoch},
 	}
-	p.log = cfg.logger.With("primary", p.replID[:8])
-	p.ctx, p.cancel = context.WithCancelCause(context.Background())
-	p.links.Store(&[]*link[V]{})
+	n := newNode(cfg, rolePrimary, d)
+	p := newPrimaryHandle(n, cfg)
+	p.opts = opts
 	return p, nil
 }
 
-// Serve accepts replica connections on l until l fails or the Primary is
+// newPrimaryHandle makes a Primary the owner of n.
+func newPrimaryHandle[V any](n *node[V], cfg config) *Primary[V] {
+	p := &Primary[V]{n: n, cfg: cfg, closedCh: make(chan struct{})}
+	n.log = cfg.logger.With("primary", n.data().hist.replID[:8])
+	n.setOwner(p, rolePrimary)
+	return p
+}
+
+// Serve accepts replica connections on l until l fails or the node is
 // closed, running each link in its own goroutine. It backs off on
-// temporary accept errors (5 ms doubling to 1 s). It returns ErrClosed
-// after Close (which closes l), or l's error otherwise. Serve may be called
-// on several listeners at once.
+// temporary accept errors (5 ms doubling to 1 s). Serve may be called on
+// several listeners at once.
+//
+// The listener outlives role changes: after Demote, the Replica serves it
+// to sub-replicas, and Serve returns only when the object that serves l
+// last is closed. It returns ErrClosed then (Close closes l), ErrClosed at
+// once if p is already closed, or l's error.
 func (p *Primary[V]) Serve(l net.Listener) error {
-	p.mu.Lock()
-	if p.closing {
-		p.mu.Unlock()
+	if p.closed() {
 		l.Close()
 		return ErrClosed
 	}
-	p.listeners[l] = struct{}{}
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.listeners, l)
-		p.mu.Unlock()
-	}()
-
-	var delay time.Duration
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			if p.closed() {
-				return ErrClosed
-			}
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				p.log.Warn("accept failed; retrying", "err", err, "delay", delay)
-				select {
-				case <-time.After(delay):
-					continue
-				case <-p.ctx.Done():
-					return ErrClosed
-				}
-			}
-			return err
-		}
-		delay = 0
-		p.mu.Lock()
-		if p.closing {
-			p.mu.Unlock()
-			conn.Close()
-			return ErrClosed
-		}
-		p.wg.Add(1)
-		p.mu.Unlock()
-		go func() {
-			defer p.wg.Done()
-			p.serveLink(conn)
-		}()
-	}
+	return p.n.serve(l)
 }
 
 // Close stops the Primary: it closes every listener given to Serve and
 // every replica link, ends blocked Waits with ErrClosed, and returns once
 // every goroutine the Primary started has exited. The data stays readable
-// with Get, Len and All; writes return ErrClosed. A second Close returns nil.
+// with Get, Len and All; writes return ErrClosed. A second Close returns
+// nil, and so does Close after Demote, which has closed p already.
 func (p *Primary[V]) Close() error {
-	p.mu.Lock()
-	if p.closing {
-		p.mu.Unlock()
-		return nil
-	}
-	p.closing = true
-	p.isClosed.Store(true)
-	p.cancel(ErrClosed) // closes every link's connection
-	p.waits.closeAll()  // after isClosed is set: see WaitContext
-	for l := range p.listeners {
-		l.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
+	p.handoverMu.Lock()
+	defer p.handoverMu.Unlock()
+	p.closeHandle()
+	p.n.closeIfOwner(p)
 	return nil
+}
+
+// closeHandle marks p closed and wakes its blocked Waits.
+func (p *Primary[V]) closeHandle() {
+	p.closeOnce.Do(func() {
+		p.isClosed.Store(true)
+		close(p.closedCh)
+		p.n.waits.closeAll() // after isClosed is set: see WaitContext
+	})
 }
 
 func (p *Primary[V]) closed() bool { return p.isClosed.Load() }
 
+// writable reports why a write cannot be made now, under writeMu.
+func (p *Primary[V]) writable() error {
+	switch {
+	case p.closed():
+		return ErrClosed
+	case p.n.stale.Load():
+		return fmt.Errorf("%w: a replica has seen a newer epoch than this primary's %d", ErrStaleEpoch, p.n.data().hist.epoch)
+	case p.cfg.minReplicas > 0:
+		if k := p.n.freshReplicas(p.cfg.minReplicasLag); k < p.cfg.minReplicas {
+			return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", ErrNotEnoughReplicas, k, p.cfg.minReplicas, p.cfg.minReplicasLag)
+		}
+	}
+	return nil
+}
+
 // Set stores value under key and queues the write for every replica. It
 // returns ErrTooLarge for a key or encoded value over the limits (nothing
-// is written), an encoding error for a value msgpack cannot encode, and
-// ErrClosed after Close. The caller must not change value afterwards,
-// unless it is a []byte, which Set copies.
+// is written), an encoding error for a value msgpack cannot encode,
+// ErrStaleEpoch once the primary has been superseded, ErrNotEnoughReplicas
+// under [WithMinReplicas], and ErrClosed after Close. The caller must not
+// change value afterwards, unless it is a []byte, which Set copies.
 func (p *Primary[V]) Set(key string, value V) error {
 	if err := checkKey(key, p.cfg.maxKeySize); err != nil {
 		return err
@@ -170,63 +135,58 @@ func (p *Primary[V]) Set(key string, value V) error {
 	if err == nil {
 		// Encoding and, for []byte values, packing happen before the
 		// write lock, so concurrent writers do that work in parallel.
+		n := p.n
+		d := n.data()
 		var packedKey string
 		var packed *byte
-		if p.store.packed {
-			packedKey, packed = p.store.packEntry(key, value)
+		if d.store.packed {
+			packedKey, packed = d.store.packEntry(key, value)
 		}
-		p.writeMu.Lock()
-		switch {
-		case p.closed():
-			err = ErrClosed
-		case packed != nil:
-			p.store.setPacked(packedKey, packed)
-			p.appendRecord(frame)
-		default:
-			p.store.set(key, value)
-			p.appendRecord(frame)
+		n.writeMu.Lock()
+		d = n.data()
+		if err = p.writable(); err == nil {
+			if packed != nil {
+				d.store.setPacked(packedKey, packed)
+			} else {
+				d.store.set(key, value)
+			}
+			n.appendRecord(d, frame, nil)
 		}
-		p.writeMu.Unlock()
+		n.writeMu.Unlock()
 	}
 	p.putFrameBuf(buf, frame)
 	if err == nil {
-		p.wakeLinks()
+		p.n.wakeLinks()
 	}
 	return err
 }
 
 // Delete removes key and queues the deletion for every replica. Deleting
 // a missing key changes nothing and sends nothing. It returns ErrTooLarge
-// for a key over the limit and ErrClosed after Close.
+// for a key over the limit, and ErrStaleEpoch, ErrNotEnoughReplicas and
+// ErrClosed as Set does.
 func (p *Primary[V]) Delete(key string) error {
 	if err := checkKey(key, p.cfg.maxKeySize); err != nil {
 		return err
 	}
 	buf := p.frameBuf()
 	frame := appendDelFrame((*buf)[:0], key)
-	var err error
+	n := p.n
 	existed := false
-	p.writeMu.Lock()
-	if p.closed() {
-		err = ErrClosed
-	} else if existed = p.store.delete(key); existed {
-		p.appendRecord(frame)
+	n.writeMu.Lock()
+	d := n.data()
+	err := p.writable()
+	if err == nil {
+		if existed = d.store.delete(key); existed {
+			n.appendRecord(d, frame, nil)
+		}
 	}
-	p.writeMu.Unlock()
+	n.writeMu.Unlock()
 	p.putFrameBuf(buf, frame)
 	if existed {
-		p.wakeLinks()
+		n.wakeLinks()
 	}
 	return err
-}
-
-// appendRecord adds a write's record to the stream. The caller holds
-// writeMu and has applied the write to the store.
-func (p *Primary[V]) appendRecord(frame []byte) {
-	p.backlog.append(frame)
-	if p.testHookWrite != nil {
-		p.testHookWrite(frame, p.backlog.end.Load())
-	}
 }
 
 func (p *Primary[V]) frameBuf() *[]byte {
@@ -243,84 +203,43 @@ func (p *Primary[V]) putFrameBuf(b *[]byte, used []byte) {
 	}
 }
 
-// wakeLinks tells every link's sender that the stream grew.
-func (p *Primary[V]) wakeLinks() {
-	for _, l := range p.linkList() {
-		select {
-		case l.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
 // Get returns the value stored under key and whether it was there.
-func (p *Primary[V]) Get(key string) (V, bool) { return p.store.get(key) }
+func (p *Primary[V]) Get(key string) (V, bool) { return p.n.data().store.get(key) }
 
 // Len returns the number of keys.
-func (p *Primary[V]) Len() int { return p.store.len() }
+func (p *Primary[V]) Len() int { return p.n.data().store.len() }
 
 // All returns an iterator over the keys and values. Like ranging over a
 // map, it yields each key at most once, and a write made during the walk
 // may or may not be seen. The loop body may call any method of p.
-func (p *Primary[V]) All() iter.Seq2[string, V] { return p.store.all() }
+func (p *Primary[V]) All() iter.Seq2[string, V] { return p.n.data().store.all() }
 
 // Offset returns the replication offset of the last write: the number of
-// stream bytes written since the Primary started.
-func (p *Primary[V]) Offset() uint64 { return p.backlog.end.Load() }
+// stream bytes written in this history and the histories it continues.
+func (p *Primary[V]) Offset() uint64 { return p.n.data().offset() }
 
 // ReplID returns the replication ID of this Primary's history. It is new
-// for every Primary, so a replica of an earlier one full-syncs.
-func (p *Primary[V]) ReplID() string { return p.replID }
+// for every Primary, so a replica of an unrelated one full-syncs.
+func (p *Primary[V]) ReplID() string { return p.n.data().hist.replID }
 
 // Info returns a snapshot of the Primary's replication state.
 func (p *Primary[V]) Info() PrimaryInfo {
-	start, end := p.backlog.window()
-	info := PrimaryInfo{
-		ReplID:       p.replID,
-		Offset:       end,
-		FullSyncs:    p.fullSyncs.Load(),
-		PartialSyncs: p.partialSyncs.Load(),
-		DroppedSlow:  p.droppedSlow.Load(),
-		BacklogFirst: start,
-		BacklogBytes: int(end - start),
-		Keys:         p.store.len(),
+	n := p.n
+	d := n.data()
+	start, end := d.backlog.window()
+	return PrimaryInfo{
+		ReplID:        d.hist.replID,
+		ReplID2:       d.hist.replID2,
+		ReplID2Offset: d.hist.replID2Offset,
+		Epoch:         d.hist.epoch,
+		Stale:         n.stale.Load(),
+		Offset:        end,
+		FullSyncs:     n.fullSyncs.Load(),
+		PartialSyncs:  n.partialSyncs.Load(),
+		DroppedSlow:   n.droppedSlow.Load(),
+		BacklogFirst:  start,
+		BacklogBytes:  int(end - start),
+		Keys:          d.store.len(),
+		Replicas:      n.linkInfo(end),
 	}
-	for _, l := range p.linkList() {
-		info.Replicas = append(info.Replicas, l.info(end))
-	}
-	return info
-}
-
-func (p *Primary[V]) linkList() []*link[V] { return *p.links.Load() }
-
-// addLink registers l, replacing any link from the same replica ID: a
-// replica that reconnects before its old link timed out must not be
-// counted twice by Wait.
-func (p *Primary[V]) addLink(l *link[V]) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cur := p.linkList()
-	links := make([]*link[V], 0, len(cur)+1)
-	for _, old := range cur {
-		if old.id == l.id {
-			old.cancel(errReplaced)
-			continue
-		}
-		links = append(links, old)
-	}
-	links = append(links, l)
-	p.links.Store(&links)
-}
-
-func (p *Primary[V]) removeLink(l *link[V]) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cur := p.linkList()
-	links := make([]*link[V], 0, len(cur))
-	for _, x := range cur {
-		if x != l {
-			links = append(links, x)
-		}
-	}
-	p.links.Store(&links)
 }

@@ -10,6 +10,7 @@ import (
 	"iter"
 	"log/slog"
 	mrand "math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,21 +33,28 @@ import (
 // returns, and what the Replica shows at offset o is exactly the primary's
 // state at o. Writes return ErrReadOnly.
 type Replica[V any] struct {
-	cfg  config
-	log  *slog.Logger
-	t    transport.Transport
-	addr string
-	name string
+	n        *node[V]
+	cfg      config
+	opts     []Option // as given, for Promote's defaults
+	t        transport.Transport
+	name     string
+	instance string // random, new for every Replica: one link per instance upstream
+	log      *slog.Logger
 
-	data  atomic.Pointer[replicaData[V]] // what reads see
-	state atomic.Value                   // ReplicaState
+	state atomic.Value // ReplicaState
 
-	ctx       context.Context // cancelled by Close, with cause ErrClosed
-	cancel    context.CancelCauseFunc
-	done      chan struct{} // closed when the sync goroutine exits
-	synced    chan struct{} // closed when the first sync completes
-	closeOnce sync.Once
-	syncOnce  sync.Once
+	// mu guards the upstream: its address, the sync loop running against
+	// it, and the signal of its first sync. Follow and Promote replace them.
+	mu      sync.Mutex
+	addr    string
+	synced  *signal
+	cancel  context.CancelCauseFunc // stops the sync loop
+	done    chan struct{}           // closed when the sync loop exits
+	handed  bool                    // the node was handed to a Primary (Promote)
+	closing bool
+
+	closedCh chan struct{} // closed when this handle is closed
+	isClosed atomic.Bool
 
 	linkUp       atomic.Bool
 	lastIO       atomic.Int64 // UnixNano
@@ -54,16 +62,26 @@ type Replica[V any] struct {
 	partialSyncs atomic.Uint64
 	connects     atomic.Uint64
 	syncKeys     atomic.Int64
+	discarded    atomic.Uint64
 	errMu        sync.Mutex
 	lastErr      error
 }
 
-// replicaData is one generation of a replica's data: a store, the history
-// it belongs to and how far into it the store is.
-type replicaData[V any] struct {
-	store  *store[V]
-	replID string
-	offset atomic.Uint64
+// signal is closed once, when something first happens.
+type signal struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func newSignal() *signal { return &signal{ch: make(chan struct{})} }
+func (s *signal) fire()  { s.once.Do(func() { close(s.ch) }) }
+func (s *signal) fired() bool {
+	select {
+	case <-s.ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // NewReplica returns a Replica of the primary at primaryAddr, reached
@@ -78,30 +96,68 @@ func NewReplica[V any](t transport.Transport, primaryAddr string, opts ...Option
 	if err != nil {
 		return nil, err
 	}
-	name := cfg.replicaName
-	if name == "" {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		name = hex.EncodeToString(b[:])
-	}
-	r := &Replica[V]{
-		cfg:    cfg,
-		log:    cfg.logger.With("replica", name, "primary", primaryAddr),
-		t:      t,
-		addr:   primaryAddr,
-		name:   name,
-		done:   make(chan struct{}),
-		synced: make(chan struct{}),
-	}
-	r.data.Store(&replicaData[V]{store: newStore[V]()})
-	r.state.Store(StateConnecting)
-	r.ctx, r.cancel = context.WithCancelCause(context.Background())
-	go r.run()
+	d := &dataset[V]{store: newStore[V](), backlog: newBacklog(cfg, 0)}
+	n := newNode(cfg, roleReplica, d)
+	r := newReplicaHandle(n, t, primaryAddr, cfg, opts)
+	r.start()
 	return r, nil
 }
 
+// newReplicaHandle makes a Replica the owner of n, following primaryAddr;
+// start starts its sync loop.
+func newReplicaHandle[V any](n *node[V], t transport.Transport, primaryAddr string, cfg config, opts []Option) *Replica[V] {
+	name := cfg.replicaName
+	if name == "" {
+		name = randomHex(8)
+	}
+	r := &Replica[V]{
+		n:        n,
+		cfg:      cfg,
+		opts:     opts,
+		t:        t,
+		name:     name,
+		instance: randomHex(8),
+		addr:     primaryAddr,
+		synced:   newSignal(),
+		closedCh: make(chan struct{}),
+	}
+	r.log = cfg.logger.With("replica", name)
+	n.log = r.log
+	n.stale.Store(false)
+	n.setOwner(r, roleReplica)
+	r.state.Store(StateConnecting)
+	return r
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// start starts the sync loop against r.addr. The caller holds r.mu, or
+// has r to itself.
+func (r *Replica[V]) start() {
+	ctx, cancel := context.WithCancelCause(r.n.ctx)
+	done := make(chan struct{})
+	r.cancel, r.done = cancel, done
+	r.state.Store(StateConnecting)
+	go r.run(ctx, r.addr, r.synced, done)
+}
+
+// stop stops the sync loop and waits for it. The caller holds r.mu.
+func (r *Replica[V]) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel(ErrClosed)
+	<-r.done
+	r.cancel = nil
+	r.linkUp.Store(false)
+}
+
 // Get returns the value stored under key and whether it was there.
-func (r *Replica[V]) Get(key string) (V, bool) { return r.data.Load().store.get(key) }
+func (r *Replica[V]) Get(key string) (V, bool) { return r.n.data().store.get(key) }
 
 // Set returns ErrReadOnly: replicas take writes only from their primary.
 func (r *Replica[V]) Set(key string, value V) error { return ErrReadOnly }
@@ -110,51 +166,114 @@ func (r *Replica[V]) Set(key string, value V) error { return ErrReadOnly }
 func (r *Replica[V]) Delete(key string) error { return ErrReadOnly }
 
 // Len returns the number of keys.
-func (r *Replica[V]) Len() int { return r.data.Load().store.len() }
+func (r *Replica[V]) Len() int { return r.n.data().store.len() }
 
 // All returns an iterator over the keys and values, with the same
 // guarantees as [Primary.All]. A full sync that completes during the walk
 // does not affect it: the walk finishes over the data it started on.
-func (r *Replica[V]) All() iter.Seq2[string, V] { return r.data.Load().store.all() }
+func (r *Replica[V]) All() iter.Seq2[string, V] { return r.n.data().store.all() }
 
 // Offset returns the replication offset of the last write applied to the
 // data the Replica serves.
-func (r *Replica[V]) Offset() uint64 { return r.data.Load().offset.Load() }
+func (r *Replica[V]) Offset() uint64 { return r.n.data().offset() }
 
-// WaitSynced blocks until the first sync has completed, so that the
-// Replica serves a copy of the primary's data. It returns nil once synced,
-// even after Close; ctx.Err() if ctx is done first; ErrClosed if the
-// Replica is closed first.
+// WaitSynced blocks until the Replica has completed a sync with its
+// current primary (the one given to NewReplica, or to the last Follow),
+// so that it serves a copy of that primary's data. It returns nil once
+// synced, even after Close; ctx.Err() if ctx is done first; ErrClosed if
+// the Replica is closed first.
 func (r *Replica[V]) WaitSynced(ctx context.Context) error {
-	select {
-	case <-r.synced:
+	r.mu.Lock()
+	synced := r.synced
+	r.mu.Unlock()
+	if synced.fired() {
 		return nil
-	default:
 	}
 	select {
-	case <-r.synced:
+	case <-synced.ch:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-r.ctx.Done():
+	case <-r.closedCh:
+		if synced.fired() {
+			return nil
+		}
 		return ErrClosed
 	}
 }
 
+// WaitOffset blocks until the Replica has applied the stream up to offset,
+// so that it shows every write a primary made before it reported that
+// offset: for read-your-writes, pass the Primary's Offset read after the
+// write. It returns nil at once if r.Offset() >= offset already, ctx.Err()
+// if ctx ends first, and ErrClosed if r is closed first.
+func (r *Replica[V]) WaitOffset(ctx context.Context, offset uint64) error {
+	if r.Offset() >= offset {
+		return nil
+	}
+	ch := r.n.offsets.add(offset)
+	defer r.n.offsets.remove(ch)
+	if r.Offset() >= offset { // advanced before the waiter was listed
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.closedCh:
+		if r.Offset() >= offset {
+			return nil
+		}
+		return ErrClosed
+	}
+}
+
+// Serve serves sub-replicas on l, the way a Primary serves replicas: they
+// receive exactly the bytes this Replica receives, with the same
+// replication IDs and offsets, and resume partially from this Replica's
+// own backlog ([WithBacklogSize]). A Replica serves from the data it has,
+// also while its own link is down (its sub-replicas are then as far
+// behind as it is); one that has never synced refuses them until it has.
+// When its history changes (a full sync, its primary's promotion) it
+// drops its sub-replicas, which reconnect at once and follow into the new
+// history. A primary's Wait counts its direct replicas only.
+//
+// The listener outlives role changes: after Promote, the Primary serves
+// it, and Serve returns only when the object that serves l last is
+// closed. It returns ErrClosed then, ErrClosed at once if r is closed, or
+// l's error.
+func (r *Replica[V]) Serve(l net.Listener) error {
+	if r.isClosed.Load() {
+		l.Close()
+		return ErrClosed
+	}
+	return r.n.serve(l)
+}
+
 // Info returns a snapshot of the Replica's state.
 func (r *Replica[V]) Info() ReplicaInfo {
-	d := r.data.Load()
+	d := r.n.data()
+	r.mu.Lock()
+	addr := r.addr
+	r.mu.Unlock()
+	end := d.offset()
 	info := ReplicaInfo{
-		State:        r.state.Load().(ReplicaState),
-		ReplID:       d.replID,
-		Offset:       d.offset.Load(),
-		Primary:      r.addr,
-		LinkUp:       r.linkUp.Load(),
-		FullSyncs:    r.fullSyncs.Load(),
-		PartialSyncs: r.partialSyncs.Load(),
-		Connects:     r.connects.Load(),
-		SyncKeys:     int(r.syncKeys.Load()),
-		Keys:         d.store.len(),
+		State:          r.state.Load().(ReplicaState),
+		ReplID:         d.hist.replID,
+		ReplID2:        d.hist.replID2,
+		ReplID2Offset:  d.hist.replID2Offset,
+		Epoch:          r.n.maxEpoch.Load(),
+		Offset:         end,
+		DiscardedBytes: r.discarded.Load(),
+		Primary:        addr,
+		LinkUp:         r.linkUp.Load(),
+		FullSyncs:      r.fullSyncs.Load(),
+		PartialSyncs:   r.partialSyncs.Load(),
+		Connects:       r.connects.Load(),
+		SyncKeys:       int(r.syncKeys.Load()),
+		Keys:           d.store.len(),
+		Replicas:       r.n.linkInfo(end),
 	}
 	if ns := r.lastIO.Load(); ns != 0 {
 		info.LastIO = time.Unix(0, ns)
@@ -165,45 +284,71 @@ func (r *Replica[V]) Info() ReplicaInfo {
 	return info
 }
 
-// Close stops syncing, closes the link and returns once the Replica's
-// goroutines have exited. The data stays readable. A second Close returns
-// nil.
+// Close stops syncing, closes the link and every sub-replica link and
+// listener, and returns once the Replica's goroutines have exited. The
+// data stays readable. A second Close returns nil, and so does Close after
+// Promote, which has closed r already.
 func (r *Replica[V]) Close() error {
-	r.closeOnce.Do(func() {
-		r.cancel(ErrClosed)
-		<-r.done
-		r.linkUp.Store(false)
-		r.state.Store(StateClosed)
-	})
+	r.mu.Lock()
+	r.closing = true
+	r.stop()
+	r.mu.Unlock()
+	r.closeHandle()
+	r.n.closeIfOwner(r)
 	return nil
 }
 
-// run connects, syncs and streams until Close, reconnecting with
+// closeHandle marks r closed. The sync loop has stopped.
+func (r *Replica[V]) closeHandle() {
+	if !r.isClosed.Swap(true) {
+		r.linkUp.Store(false)
+		r.state.Store(StateClosed)
+		close(r.closedCh)
+	}
+}
+
+// setErr records why the last attempt failed.
+func (r *Replica[V]) setErr(err error) {
+	r.errMu.Lock()
+	r.lastErr = err
+	r.errMu.Unlock()
+}
+
+// run connects, syncs and streams until ctx ends, reconnecting with
 // jittered exponential backoff. The backoff restarts after a session that
-// got as far as streaming.
-func (r *Replica[V]) run() {
-	defer close(r.done)
+// made progress (applied a write or completed a sync); an upstream whose
+// history changed is reconnected to at once.
+func (r *Replica[V]) run(ctx context.Context, addr string, synced *signal, done chan struct{}) {
+	defer close(done)
 	attempt := 0
+	immediate := false
 	for {
 		r.state.Store(StateConnecting)
-		synced, err := r.session()
+		progress, err := r.session(ctx, addr, synced)
 		r.linkUp.Store(false)
-		if r.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return
 		}
-		r.errMu.Lock()
-		r.lastErr = err
-		r.errMu.Unlock()
-		r.log.Info("link to primary lost", "err", err)
-		if synced {
+		r.setErr(err)
+		r.log.Info("link to primary lost", "primary", addr, "err", err)
+		if progress {
 			attempt = 0
 		}
-		delay := backoff(attempt, r.cfg.reconnectMin, r.cfg.reconnectMax)
-		attempt++
+		var delay time.Duration
+		if errors.Is(err, errHistoryChanged) && !immediate {
+			immediate = true
+		} else {
+			immediate = false
+			delay = backoff(attempt, r.cfg.reconnectMin, r.cfg.reconnectMax)
+			attempt++
+		}
+		if delay == 0 {
+			continue
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
-		case <-r.ctx.Done():
+		case <-ctx.Done():
 			t.Stop()
 			return
 		}
@@ -225,33 +370,45 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 }
 
 // session runs one connection: handshake, sync, stream. It reports whether
-// it reached streaming, and why it ended.
-func (r *Replica[V]) session() (synced bool, err error) {
-	dctx, dcancel := context.WithTimeout(r.ctx, r.cfg.linkTimeout)
-	conn, err := r.t.Dial(dctx, r.addr)
+// it made progress, and why it ended.
+func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal) (progress bool, err error) {
+	dctx, dcancel := context.WithTimeout(ctx, r.cfg.linkTimeout)
+	conn, err := r.t.Dial(dctx, addr)
 	dcancel()
 	if err != nil {
-		return false, linkError("dial", r.addr, err)
+		return false, linkError("dial", addr, err)
 	}
 	r.connects.Add(1)
 	r.linkUp.Store(true)
 
-	ctx, cancel := context.WithCancelCause(r.ctx)
+	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	defer closeWhenDone(ctx, conn)()
 	defer conn.Close()
 
 	dc := &deadlineConn{Conn: conn, timeout: r.cfg.linkTimeout}
-	cur := r.data.Load()
-	h := hello{version: protocolVersion, replID: cur.replID, offset: cur.offset.Load(), name: r.name}
+	cur := r.n.data()
+	h := hello{
+		version:     protocolVersion,
+		replID:      cur.hist.replID,
+		offset:      cur.offset(),
+		name:        r.name,
+		instance:    r.instance,
+		epoch:       r.n.maxEpoch.Load(),
+		fingerprint: typeFingerprint[V](),
+		maxFrame:    r.cfg.maxFrameSize,
+	}
 	if _, err := dc.Write(appendHello(nil, h)); err != nil {
-		return false, linkError("handshake", r.addr, err)
+		return false, linkError("handshake", addr, err)
 	}
 
 	s := &replicaSession[V]{
-		r:  r,
-		fr: newFrameReader(dc, r.cfg.maxFrameSize),
-		w:  dc,
+		r:      r,
+		n:      r.n,
+		addr:   addr,
+		synced: synced,
+		fr:     newFrameReader(dc, r.cfg.maxFrameSize),
+		w:      dc,
 	}
 	s.fr.timeout = r.cfg.linkTimeout
 	var wg sync.WaitGroup
@@ -259,14 +416,17 @@ func (r *Replica[V]) session() (synced bool, err error) {
 	cancel(s.receive())
 	wg.Wait()
 	if err := context.Cause(ctx); !errors.Is(err, ErrClosed) {
-		return s.synced, err
+		return s.progress, err
 	}
-	return s.synced, ErrClosed
+	return s.progress, ErrClosed
 }
 
 // replicaSession is the state of one connection to the primary.
 type replicaSession[V any] struct {
 	r      *Replica[V]
+	n      *node[V]
+	addr   string
+	synced *signal
 	fr     *frameReader
 	frames uint64 // read so far
 
@@ -279,9 +439,10 @@ type replicaSession[V any] struct {
 	// streaming is set once the data being served is the data this
 	// session updates, so ACKs report offsets in the primary's stream.
 	streaming atomic.Bool
-	synced    bool // reached streaming
+	progress  bool // applied a write to the data served, or completed a sync
 
-	target  *replicaData[V]    // the data the stream applies to
+	target  *dataset[V]        // the data the stream applies to
+	start   syncStart          // the FULL being loaded
 	loader  *snapshotLoader[V] // loads target's store until END
 	pending bool               // target is a loaded snapshot not yet served
 	until   uint64             // offset at which a pending snapshot is exact
@@ -303,56 +464,105 @@ func (s *replicaSession[V]) next() (frameType, []byte, int, error) {
 // receive reads the handshake reply, loads a snapshot if one comes, and
 // applies the stream until the link fails.
 func (s *replicaSession[V]) receive() error {
-	r := s.r
 	t, payload, _, err := s.next()
 	if err != nil {
-		return linkError("handshake", r.addr, err)
+		return linkError("handshake", s.addr, err)
 	}
 	switch t {
 	case frameContinue:
-		cur := r.data.Load()
-		replID, offset, err := parseSyncStart(t, payload)
-		if err == nil && (replID != cur.replID || offset != cur.offset.Load()) {
-			err = fmt.Errorf("%w: CONTINUE at %s/%d for a replica at %s/%d",
-				ErrProtocol, replID, offset, cur.replID, cur.offset.Load())
+		if err := s.resume(payload); err != nil {
+			return linkError("handshake", s.addr, err)
 		}
-		if err != nil {
-			return linkError("handshake", r.addr, err)
-		}
-		r.partialSyncs.Add(1)
-		s.target = cur
-		s.startStreaming()
 	case frameFull:
 		if err := s.startSnapshot(payload); err != nil {
-			return linkError("sync", r.addr, err)
+			return linkError("sync", s.addr, err)
 		}
 	case frameError:
-		return linkError("handshake", r.addr, errorFromFrame(payload))
+		return linkError("handshake", s.addr, errorFromFrame(payload))
 	default:
-		return linkError("handshake", r.addr, fmt.Errorf("%w: unexpected %s in handshake", ErrProtocol, t))
+		return linkError("handshake", s.addr, fmt.Errorf("%w: unexpected %s in handshake", ErrProtocol, t))
 	}
 	err = s.stream()
 	if s.loader != nil {
-		return linkError("sync", r.addr, err)
+		return linkError("sync", s.addr, err)
 	}
-	return linkError("stream", r.addr, err)
+	return linkError("stream", s.addr, err)
+}
+
+// checkEpoch refuses an upstream of an older epoch than one seen (H2).
+func (s *replicaSession[V]) checkEpoch(st syncStart) error {
+	if seen := s.n.maxEpoch.Load(); st.epoch < seen {
+		return fmt.Errorf("%w: primary is at epoch %d, this replica has seen %d", ErrStaleEpoch, st.epoch, seen)
+	}
+	return nil
+}
+
+// resume handles CONTINUE: the stream goes on from this replica's offset,
+// in the history it holds or in one that continues it, which the replica
+// then takes on (its old ID becomes ReplID2 up to this offset).
+func (s *replicaSession[V]) resume(payload []byte) error {
+	n := s.n
+	st, err := parseSyncStart(frameContinue, payload)
+	if err != nil {
+		return err
+	}
+	if err := s.checkEpoch(st); err != nil {
+		return err
+	}
+	n.writeMu.Lock()
+	cur := n.data()
+	off := cur.offset()
+	if st.offset != off || !st.history().covers(cur.hist.replID, off) {
+		n.writeMu.Unlock()
+		return fmt.Errorf("%w: CONTINUE at %s/%d for a replica at %s/%d",
+			ErrProtocol, st.replID, st.offset, cur.hist.replID, off)
+	}
+	if st.replID != cur.hist.replID || st.epoch != cur.hist.epoch {
+		next := &dataset[V]{store: cur.store, backlog: cur.backlog, hist: history{
+			replID: st.replID, replID2: cur.hist.replID, replID2Offset: off, epoch: st.epoch,
+		}}
+		if st.replID == cur.hist.replID {
+			next.hist.replID2, next.hist.replID2Offset = cur.hist.replID2, cur.hist.replID2Offset
+		}
+		n.swap(next)
+		cur = next
+	}
+	n.writeMu.Unlock()
+	n.seeEpoch(st.epoch)
+	s.r.partialSyncs.Add(1)
+	s.target = cur
+	s.startStreaming()
+	// Tell the upstream at once where this replica is, so that a Wait
+	// that overlaps the reconnect need not wait for a heartbeat.
+	return s.writeAck()
 }
 
 // startSnapshot begins a full sync: CHUNKs load into a fresh store, which
 // the stream updates as records arrive, and which is served only once END
 // has checked it and the stream has brought it to END's offset (see
-// stream).
+// stream). It refuses a sync that would lose this replica's data (H4).
 func (s *replicaSession[V]) startSnapshot(full []byte) error {
-	r := s.r
-	replID, from, err := parseSyncStart(frameFull, full)
+	r, n := s.r, s.n
+	st, err := parseSyncStart(frameFull, full)
 	if err != nil {
 		return err
 	}
+	if err := s.checkEpoch(st); err != nil {
+		return err
+	}
+	cur := n.data()
+	if off := cur.offset(); off > 0 && !r.cfg.allowDataLoss &&
+		st.replID != cur.hist.replID && st.replID2 != cur.hist.replID &&
+		st.offset < off && st.epoch <= n.maxEpoch.Load() {
+		return fmt.Errorf("%w: primary offers history %s at offset %d (epoch %d), unrelated to this replica's %s at %d (epoch %d)",
+			ErrWouldLoseData, st.replID, st.offset, st.epoch, cur.hist.replID, off, n.maxEpoch.Load())
+	}
+	n.seeEpoch(st.epoch)
 	r.state.Store(StateSyncing)
 	r.syncKeys.Store(0)
+	s.start = st
 	s.loader = newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize)
-	s.target = &replicaData[V]{store: s.loader.store, replID: replID}
-	s.target.offset.Store(from)
+	s.target = &dataset[V]{store: s.loader.store, backlog: newBacklog(r.cfg, st.offset), hist: st.history()}
 	return nil
 }
 
@@ -366,35 +576,84 @@ func (s *replicaSession[V]) endSnapshot(payload []byte) error {
 	if err := s.loader.end(end); err != nil {
 		return err
 	}
-	if from := s.target.offset.Load(); end.offset < from {
+	if from := s.target.offset(); end.offset < from {
 		return fmt.Errorf("%w: snapshot ends at offset %d before the %d already streamed", ErrProtocol, end.offset, from)
 	}
 	s.loader = nil
 	s.pending, s.until = true, end.offset
-	s.maybeSwap()
-	return nil
+	return s.maybeSwap()
 }
 
 // maybeSwap serves the pending snapshot once it is exact.
-func (s *replicaSession[V]) maybeSwap() {
-	if !s.pending || s.target.offset.Load() < s.until {
-		return
+func (s *replicaSession[V]) maybeSwap() error {
+	if !s.pending || s.target.offset() < s.until {
+		return nil
 	}
+	r, n := s.r, s.n
 	s.pending = false
-	s.r.data.Store(s.target)
-	s.r.fullSyncs.Add(1)
-	s.r.syncKeys.Store(0)
+	n.writeMu.Lock()
+	old := n.data()
+	if h := s.target.hist; old.hist.replID != "" && h.replID2 == old.hist.replID && old.offset() > h.replID2Offset {
+		// This replica was ahead of the new primary in the history they
+		// share (a sibling that had writes the promoted one lacked):
+		// those writes are gone now.
+		lost := old.offset() - h.replID2Offset
+		r.discarded.Add(lost)
+		r.log.Warn("full sync discarded writes this replica had beyond the new primary's history",
+			"bytes", lost, "history", old.hist.replID, "from", h.replID2Offset, "to", old.offset())
+	}
+	n.swap(s.target)
+	n.writeMu.Unlock()
+	r.fullSyncs.Add(1)
+	r.syncKeys.Store(0)
+	s.progress = true
 	s.startStreaming()
 	// Tell the primary at once, so a Wait need not wait for a heartbeat.
-	// A failed write fails the next read too, so its error can go.
-	_ = s.writeAck()
+	return s.writeAck()
 }
 
 func (s *replicaSession[V]) startStreaming() {
 	s.streaming.Store(true)
-	s.synced = true
 	s.r.state.Store(StateStreaming)
-	s.r.syncOnce.Do(func() { close(s.r.synced) })
+	s.synced.fire()
+}
+
+// apply applies one data record to the target data and appends its bytes
+// to the target's backlog, under the node's write lock, so that the
+// bytes sub-replicas get are exactly the ones received.
+func (s *replicaSession[V]) apply(t frameType, payload []byte) error {
+	r, n := s.r, s.n
+	var key, raw []byte
+	switch t {
+	case frameSet:
+		var err error
+		if key, raw, err = parseSet(payload, r.cfg.maxKeySize, r.cfg.maxValueSize); err != nil {
+			return err
+		}
+	case frameDel:
+		if len(payload) > r.cfg.maxKeySize {
+			return fmt.Errorf("%w: DEL key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(payload), r.cfg.maxKeySize)
+		}
+	}
+	head, rest := s.fr.raw()
+	n.writeMu.Lock()
+	if t == frameSet {
+		if err := storeSet(s.target.store, key, raw); err != nil {
+			n.writeMu.Unlock()
+			return err
+		}
+	} else {
+		s.target.store.delete(string(payload))
+	}
+	n.appendRecord(s.target, head, rest)
+	serving := n.data() == s.target
+	n.writeMu.Unlock()
+	if serving {
+		s.progress = true
+		n.wakeLinks()
+		n.offsets.notify(s.target.offset())
+	}
+	return s.maybeSwap()
 }
 
 // stream applies data records to the target data until the link fails,
@@ -403,28 +662,15 @@ func (s *replicaSession[V]) startStreaming() {
 func (s *replicaSession[V]) stream() error {
 	r := s.r
 	for {
-		t, payload, size, err := s.next()
+		t, payload, _, err := s.next()
 		if err != nil {
 			return err
 		}
 		switch t {
-		case frameSet:
-			key, raw, err := parseSet(payload, r.cfg.maxKeySize, r.cfg.maxValueSize)
-			if err != nil {
+		case frameSet, frameDel:
+			if err := s.apply(t, payload); err != nil {
 				return err
 			}
-			if err := storeSet(s.target.store, key, raw); err != nil {
-				return err
-			}
-			s.target.offset.Add(uint64(size))
-			s.maybeSwap()
-		case frameDel:
-			if len(payload) > r.cfg.maxKeySize {
-				return fmt.Errorf("%w: DEL key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(payload), r.cfg.maxKeySize)
-			}
-			s.target.store.delete(string(payload))
-			s.target.offset.Add(uint64(size))
-			s.maybeSwap()
 		case frameChunk:
 			if s.loader == nil {
 				return fmt.Errorf("%w: %s outside a snapshot", ErrProtocol, t)
@@ -477,7 +723,7 @@ func (s *replicaSession[V]) heartbeat(ctx context.Context) error {
 			s.wmu.Unlock()
 		}
 		if err != nil {
-			return linkError("stream", s.r.addr, err)
+			return linkError("stream", s.addr, err)
 		}
 	}
 }
@@ -486,7 +732,7 @@ func (s *replicaSession[V]) heartbeat(ctx context.Context) error {
 func (s *replicaSession[V]) writeAck() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.ackBuf = appendU64Frame(s.ackBuf[:0], frameAck, s.r.data.Load().offset.Load())
+	s.ackBuf = appendU64Frame(s.ackBuf[:0], frameAck, s.target.offset())
 	_, err := s.w.Write(s.ackBuf)
 	return err
 }

@@ -45,6 +45,41 @@ var (
 	// ErrInvalidOption is wrapped by the error NewPrimary and NewReplica
 	// return for options out of range.
 	ErrInvalidOption = errors.New("replmap: invalid option")
+
+	// ErrStaleEpoch reports a peer, or this primary, that belongs to an
+	// older epoch than one already seen. A replica refuses to follow a
+	// primary of an older epoch than the highest it has seen (the link
+	// error wraps it, in [ReplicaInfo.LastError]); a primary that meets a
+	// replica of a newer epoch has been superseded, and its writes return
+	// it from then on. Promote returns it for a [WithEpoch] that is not
+	// higher than every epoch seen.
+	ErrStaleEpoch = errors.New("replmap: stale epoch")
+
+	// ErrWouldLoseData reports a full sync that a replica refused because
+	// it would throw away the data it holds: the primary's history is
+	// unrelated to the replica's, behind it, and of no newer epoch (an
+	// empty primary restarted without its data, say). The replica keeps
+	// serving its data and retries; [WithAllowDataLoss] lets it accept.
+	ErrWouldLoseData = errors.New("replmap: sync would lose data")
+
+	// ErrNotSynced is returned by Promote on a replica that never
+	// completed a sync, and reported to sub-replicas of such a replica.
+	ErrNotSynced = errors.New("replmap: replica has not synced")
+
+	// ErrNotEnoughReplicas is returned by a write on a primary configured
+	// with [WithMinReplicas] when fewer replicas than required have
+	// acknowledged within the lag allowed. Nothing is written.
+	ErrNotEnoughReplicas = errors.New("replmap: not enough replicas")
+
+	// ErrTypeMismatch reports a replica whose value type V differs from
+	// its upstream's, found at the handshake: its values could not be
+	// decoded. The replica keeps retrying, at its longest backoff.
+	ErrTypeMismatch = errors.New("replmap: value type differs from the primary's")
+
+	// ErrDuplicateName reports a replica refused because another replica
+	// took over its name ([WithReplicaName]) while it was connected: names
+	// must be unique among a primary's replicas.
+	ErrDuplicateName = errors.New("replmap: another replica uses this name")
 )
 
 // LinkError describes the failure of one replication link, on either end.
@@ -74,15 +109,19 @@ func newReplID() string {
 // PrimaryInfo is a point-in-time view of a Primary, returned by
 // [Primary.Info].
 type PrimaryInfo struct {
-	ReplID       string        // replication ID of this primary's history
-	Offset       uint64        // replication offset of the last write
-	FullSyncs    uint64        // full syncs served since start
-	PartialSyncs uint64        // partial resyncs served since start
-	DroppedSlow  uint64        // links dropped since start for falling past a replica buffer limit
-	BacklogFirst uint64        // oldest offset a replica can resume from
-	BacklogBytes int           // stream bytes the backlog holds now
-	Keys         int           // number of keys in the store
-	Replicas     []ReplicaLink // one per connected replica, in connection order
+	ReplID        string        // replication ID of this primary's history
+	ReplID2       string        // the history this one continues ("" if none)
+	ReplID2Offset uint64        // ReplID2's history is shared up to this offset
+	Epoch         uint64        // fencing epoch of this history
+	Stale         bool          // a replica of a newer epoch was seen: writes return ErrStaleEpoch
+	Offset        uint64        // replication offset of the last write
+	FullSyncs     uint64        // full syncs served since start
+	PartialSyncs  uint64        // partial resyncs served since start
+	DroppedSlow   uint64        // links dropped since start for falling past a replica buffer limit
+	BacklogFirst  uint64        // oldest offset a replica can resume from
+	BacklogBytes  int           // stream bytes the backlog holds now
+	Keys          int           // number of keys in the store
+	Replicas      []ReplicaLink // one per connected replica, in connection order
 }
 
 // ReplicaLink describes one connected replica, as the primary sees it.
@@ -122,16 +161,21 @@ const (
 // ReplicaInfo is a point-in-time view of a Replica, returned by
 // [Replica.Info].
 type ReplicaInfo struct {
-	State        ReplicaState // connecting, syncing, streaming or closed
-	ReplID       string       // replication ID of the data served ("" before the first sync)
-	Offset       uint64       // offset of the last write applied to the data served
-	Primary      string       // the primary's address
-	LinkUp       bool         // a connection to the primary is open
-	LastIO       time.Time    // when the last frame arrived from the primary
-	FullSyncs    uint64       // full syncs completed
-	PartialSyncs uint64       // partial resyncs accepted
-	Connects     uint64       // connections made to the primary
-	SyncKeys     int          // keys loaded so far by a full sync under way
-	Keys         int          // number of keys served
-	LastError    error        // why the last link ended (nil if none has)
+	State          ReplicaState  // connecting, syncing, streaming or closed
+	ReplID         string        // replication ID of the data served ("" before the first sync)
+	ReplID2        string        // the history ReplID continues ("" if none)
+	ReplID2Offset  uint64        // ReplID2's history is shared up to this offset
+	Epoch          uint64        // highest epoch seen
+	Offset         uint64        // offset of the last write applied to the data served
+	DiscardedBytes uint64        // stream bytes thrown away by full syncs from a primary behind this replica's related history (R3)
+	Replicas       []ReplicaLink // sub-replicas served (see Replica.Serve)
+	Primary        string        // the primary's address
+	LinkUp         bool          // a connection to the primary is open
+	LastIO         time.Time     // when the last frame arrived from the primary
+	FullSyncs      uint64        // full syncs completed
+	PartialSyncs   uint64        // partial resyncs accepted
+	Connects       uint64        // connections made to the primary
+	SyncKeys       int           // keys loaded so far by a full sync under way
+	Keys           int           // number of keys served
+	LastError      error         // why the last link or sync attempt failed (nil if none has)
 }

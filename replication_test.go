@@ -147,7 +147,7 @@ func TestSmallBacklogIsRaisedToMinimum(t *testing.T) {
 	p, err := NewPrimary[int](WithBacklogSize(1))
 	require.NoError(t, err)
 	defer p.Close()
-	assert.Equal(t, MinBacklogSize, p.cfg.backlogSize)
+	assert.Equal(t, MinBacklogSize, p.n.cfg.backlogSize)
 }
 
 func TestPartialResyncAfterCut(t *testing.T) {

@@ -30,32 +30,32 @@ import (
 // the snapshot takes (no full-sync loop, unlike a replica whose stream
 // waits in an output buffer until the snapshot is done).
 func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) error {
-	p := l.p
-	p.writeMu.Lock()
-	from := p.backlog.end.Load()
-	cur, _ := p.backlog.newCursor(from, l.evict) // the end is always inside the window
-	p.writeMu.Unlock()
+	n, d := l.n, l.d
+	n.writeMu.Lock()
+	from := d.backlog.end.Load()
+	cur, _ := d.backlog.newCursor(from, l.evict) // the end is always inside the window
+	n.writeMu.Unlock()
 	l.cur = cur
 	l.sent.Store(from)
-	p.fullSyncs.Add(1)
+	n.fullSyncs.Add(1)
 
-	if _, err := w.Write(appendSyncStart(nil, frameFull, p.replID, from)); err != nil {
+	if _, err := w.Write(appendSyncStart(nil, frameFull, l.start(from))); err != nil {
 		return err
 	}
-	sw := snapshotWriter{w: w}
+	sw := snapshotWriter{w: w, limit: chunkLimit(l.maxFrame)}
 	var entries []entry[V]
 	for i := range shardCount {
 		if err := ctx.Err(); err != nil {
 			return context.Cause(ctx)
 		}
-		entries = p.store.copyShard(i, entries[:0])
+		entries = d.store.copyShard(i, entries[:0])
 		for _, e := range entries {
 			if err := addEntry(&sw, e.key, e.value); err != nil {
 				return err
 			}
 		}
 		clear(entries) // drop the references before the next shard
-		if p.backlog.end.Load() > l.cur.pos {
+		if d.backlog.end.Load() > l.cur.pos {
 			if err := sw.flush(); err != nil {
 				return err
 			}
@@ -66,10 +66,22 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) error {
 	}
 	// Every write the walk saw has finished appending to the backlog once
 	// the write lock is free, so E covers them all.
-	p.writeMu.Lock()
-	to := p.backlog.end.Load()
-	p.writeMu.Unlock()
+	n.writeMu.Lock()
+	to := d.backlog.end.Load()
+	n.writeMu.Unlock()
+	l.ackable.Store(true)
 	return sw.finish(to)
+}
+
+// chunkLimit returns the CHUNK payload size to aim for when the replica
+// reads frames of at most maxFrame bytes: snapshotChunkSize, or less for a
+// replica with a smaller limit. One entry larger than that still goes in a
+// CHUNK of its own; it fits any replica whose limits admit the entry.
+func chunkLimit(maxFrame int) int {
+	if maxFrame <= 0 {
+		return snapshotChunkSize
+	}
+	return max(1, min(snapshotChunkSize, maxFrame-frameOverhead))
 }
 
 // snapshotWriter packs snapshot entries into CHUNK frames of about
@@ -77,6 +89,7 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) error {
 // never held in memory whole.
 type snapshotWriter struct {
 	w     io.Writer
+	limit int    // payload bytes a CHUNK may hold (0: snapshotChunkSize)
 	frame []byte // the CHUNK being filled
 	value []byte // scratch for one encoded value
 	crc   uint32
@@ -88,6 +101,16 @@ func addEntry[V any](s *snapshotWriter, key string, v V) error {
 	if s.value, err = appendValue(s.value[:0], v); err != nil {
 		return err
 	}
+	limit := s.limit
+	if limit <= 0 {
+		limit = snapshotChunkSize
+	}
+	size := uvarintLen(uint64(len(key))) + len(key) + uvarintLen(uint64(len(s.value))) + len(s.value)
+	if len(s.frame) > 0 && len(s.frame)-frameHeaderSize+size > limit {
+		if err := s.flush(); err != nil {
+			return err
+		}
+	}
 	if len(s.frame) == 0 {
 		s.frame = beginFrame(s.frame, frameChunk)
 	}
@@ -95,7 +118,7 @@ func addEntry[V any](s *snapshotWriter, key string, v V) error {
 	s.frame = binary.AppendUvarint(s.frame, uint64(len(s.value)))
 	s.frame = append(s.frame, s.value...)
 	s.count++
-	if len(s.frame) >= snapshotChunkSize {
+	if len(s.frame)-frameHeaderSize >= limit {
 		return s.flush()
 	}
 	return nil

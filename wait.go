@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -48,41 +49,57 @@ func (p *Primary[V]) Wait(n int, timeout time.Duration) (int, error) {
 // returns; the error is ctx.Err() if ctx ended the wait, ErrClosed if the
 // Primary is closed, and nil otherwise. Cancelling leaves nothing behind.
 func (p *Primary[V]) WaitContext(ctx context.Context, n int) (int, error) {
+	nd := p.n
 	target := p.Offset()
 	if p.closed() {
-		return p.ackCount(target), ErrClosed
+		return nd.ackCount(target), ErrClosed
 	}
 	if n <= 0 {
-		return p.ackCount(target), nil
+		return nd.ackCount(target), nil
 	}
-	w := p.waits.add(target, n)
-	defer p.waits.remove(w)
-	if k := p.ackCount(target); k >= n {
-		return k, nil
+	for {
+		k, woken, err := p.waitOnce(ctx, target, n)
+		if err != nil || k >= n || !woken {
+			return k, err
+		}
+		// Woken with n acknowledgements, but a link was replaced (its
+		// replica reconnected) before the recount: wait again rather than
+		// return fewer than n with no error.
+	}
+}
+
+// waitOnce blocks until the waiter for target is woken, or ctx is done;
+// it reports the count taken then and whether it was woken.
+func (p *Primary[V]) waitOnce(ctx context.Context, target uint64, n int) (int, bool, error) {
+	nd := p.n
+	w := nd.waits.add(target, n)
+	defer nd.waits.remove(w)
+	if k := nd.ackCount(target); k >= n {
+		return k, false, nil
 	}
 	// Close wakes every listed waiter (see waitList.closeAll), and this
 	// one is listed before this check: so no Close is missed, without a
 	// select on a channel that every blocked Wait would share.
 	if p.closed() {
-		return p.ackCount(target), ErrClosed
+		return nd.ackCount(target), false, ErrClosed
 	}
-	p.requestAcks(target)
+	nd.requestAcks(target)
 	select {
 	case <-w.ready: // n acknowledged, or Close
-		k := p.ackCount(target)
+		k := nd.ackCount(target)
 		if k < n && p.closed() {
-			return k, ErrClosed
+			return k, true, ErrClosed
 		}
-		return k, nil
+		return k, true, nil
 	case <-ctx.Done():
-		return p.ackCount(target), ctx.Err()
+		return nd.ackCount(target), false, ctx.Err()
 	}
 }
 
 // ackCount counts the replicas that acknowledged offset target or later.
-func (p *Primary[V]) ackCount(target uint64) int {
+func (n *node[V]) ackCount(target uint64) int {
 	k := 0
-	for _, l := range p.linkList() {
+	for _, l := range n.linkList() {
 		if off, ok := l.acked(); ok && off >= target {
 			k++
 		}
@@ -92,15 +109,27 @@ func (p *Primary[V]) ackCount(target uint64) int {
 
 // requestAcks asks every replica that has not acknowledged target yet to
 // acknowledge now (see link.requestAck for how requests are shared).
-func (p *Primary[V]) requestAcks(target uint64) {
-	for _, l := range p.linkList() {
+func (n *node[V]) requestAcks(target uint64) {
+	for _, l := range n.linkList() {
 		l.requestAck(target)
 	}
 }
 
 // ackAdvanced wakes the waiters that now have enough acknowledgements.
-func (p *Primary[V]) ackAdvanced() {
-	p.waits.notify(p.ackCount)
+func (n *node[V]) ackAdvanced() {
+	n.waits.notify(n.ackCount)
+}
+
+// freshReplicas counts the links that acknowledged within maxLag.
+func (n *node[V]) freshReplicas(maxLag time.Duration) int {
+	since := time.Now().Add(-maxLag).UnixNano()
+	k := 0
+	for _, l := range n.linkList() {
+		if _, ok := l.acked(); ok && l.lastAck.Load() >= since {
+			k++
+		}
+	}
+	return k
 }
 
 // waitList holds the blocked Waits, each keyed by the offset it needs.
@@ -148,6 +177,17 @@ func (l *waitList) remove(w *waiter) {
 	l.pool.Put(w)
 }
 
+// maxTarget returns the highest offset a listed waiter needs.
+func (l *waitList) maxTarget() (uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var m uint64
+	for w := range l.waiters {
+		m = max(m, w.target)
+	}
+	return m, len(l.waiters) > 0
+}
+
 // closeAll wakes every waiter, for Close.
 func (l *waitList) closeAll() {
 	l.mu.Lock()
@@ -177,5 +217,78 @@ func (l *waitList) notify(count func(target uint64) int) {
 			w.ready <- struct{}{} // never blocks: sent once while listed
 			delete(l.waiters, w)
 		}
+	}
+}
+
+// offsetWaits holds the blocked WaitOffset calls of a replica, each keyed
+// by the offset it waits for. notify is on the replica's apply path, so it
+// costs one atomic load when nobody waits.
+type offsetWaits struct {
+	n       atomic.Int32
+	mu      sync.Mutex
+	waiters map[chan struct{}]uint64
+	closed  bool
+}
+
+// add registers a waiter for offset; its channel is closed once the
+// offset is reached or the waits are closed.
+func (o *offsetWaits) add(offset uint64) chan struct{} {
+	ch := make(chan struct{})
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		close(ch)
+		return ch
+	}
+	if o.waiters == nil {
+		o.waiters = make(map[chan struct{}]uint64)
+	}
+	o.waiters[ch] = offset
+	o.n.Add(1)
+	return ch
+}
+
+func (o *offsetWaits) remove(ch chan struct{}) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.waiters[ch]; ok {
+		delete(o.waiters, ch)
+		o.n.Add(-1)
+	}
+}
+
+// notify releases the waiters for offsets up to off.
+func (o *offsetWaits) notify(off uint64) {
+	if o.n.Load() == 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for ch, want := range o.waiters {
+		if want <= off {
+			close(ch)
+			delete(o.waiters, ch)
+			o.n.Add(-1)
+		}
+	}
+}
+
+// reset reopens the waits after closeAll, for a node handed to a new
+// Replica (Demote).
+func (o *offsetWaits) reset() {
+	o.mu.Lock()
+	o.closed = false
+	o.mu.Unlock()
+}
+
+// closeAll releases every waiter and every later one until reset.
+func (o *offsetWaits) closeAll() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	for ch := range o.waiters {
+		close(ch)
+		delete(o.waiters, ch)
+		o.n.Add(-1)
 	}
 }

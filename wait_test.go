@@ -68,7 +68,7 @@ func TestWaitContextHonoursCancel(t *testing.T) {
 		}
 		cancel()
 		require.ErrorIs(t, <-done, context.Canceled)
-		assert.Empty(t, p.waits.waiters, "a cancelled Wait leaves nothing behind")
+		assert.Empty(t, p.n.waits.waiters, "a cancelled Wait leaves nothing behind")
 	})
 }
 
@@ -193,7 +193,7 @@ func TestOneAckReleasesManyWaiters(t *testing.T) {
 		}
 		synctest.Wait() // all 50 blocked, their GETACKs sent and read
 		require.Equal(t, p.Offset(), h.offset.Load())
-		assert.Len(t, p.waits.waiters, 50)
+		assert.Len(t, p.n.waits.waiters, 50)
 		getacks := 0
 		for _, f := range drainFrames(h) {
 			if f == frameGetAck {
@@ -221,7 +221,7 @@ func dialHandReplica(t *testing.T, tr transport.Transport, addr string) *handRep
 	conn, err := tr.Dial(t.Context(), addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	_, err = conn.Write(appendHello(nil, hello{version: protocolVersion, name: "hand"}))
+	_, err = conn.Write(handHello[int]("hand"))
 	require.NoError(t, err)
 	h := &handReplica{conn: conn, frames: make(chan frameType, 1024)}
 	go func() {
@@ -234,8 +234,8 @@ func dialHandReplica(t *testing.T, tr transport.Transport, addr string) *handRep
 			}
 			switch typ {
 			case frameFull:
-				_, from, _ := parseSyncStart(typ, payload)
-				h.offset.Store(from)
+				st, _ := parseSyncStart(typ, payload)
+				h.offset.Store(st.offset)
 			case frameSet, frameDel:
 				h.offset.Add(uint64(size))
 			}
@@ -309,7 +309,7 @@ func TestWaitTimeoutWithStuckReplica(t *testing.T) {
 		conn, err := tr.Dial(t.Context(), "p")
 		require.NoError(t, err)
 		defer conn.Close()
-		_, err = conn.Write(appendHello(nil, hello{version: protocolVersion, name: "stuck"}))
+		_, err = conn.Write(handHello[[]byte]("stuck"))
 		require.NoError(t, err)
 		synctest.Wait()
 		// One ACK, so the primary knows it as keeping up; then it stops
