@@ -66,7 +66,7 @@ func TestTLSRoundTrip(t *testing.T) {
 	defer stop()
 
 	for _, c := range []net.Conn{dialed, accepted} {
-		tc, ok := c.(*tls.Conn)
+		tc, ok := c.(*transport.TLSConn)
 		require.True(t, ok, "%T is not a TLS connection", c)
 		state := tc.ConnectionState()
 		assert.True(t, state.HandshakeComplete)
@@ -83,6 +83,70 @@ func TestTLSRoundTrip(t *testing.T) {
 	_, err = io.ReadFull(dialed, buf)
 	require.NoError(t, err)
 	assert.Equal(t, "pong", string(buf))
+
+	// Without close_notify, as over plain TCP, the peer reads io.EOF.
+	require.NoError(t, dialed.Close())
+	_, err = accepted.Read(buf)
+	assert.ErrorIs(t, err, io.EOF)
+}
+
+// TestTLSCloseUnread checks that Close returns promptly when the peer has
+// stopped reading and the send buffer is full. crypto/tls's own Close
+// would first send a close_notify alert, blocking for up to 5 s.
+func TestTLSCloseUnread(t *testing.T) {
+	for _, side := range []string{"dialed", "accepted"} {
+		t.Run(side, func(t *testing.T) {
+			dialed, accepted, stop, err := connect(tlsTransport(t, nil), "127.0.0.1:0")
+			require.NoError(t, err)
+			defer stop()
+			c := dialed
+			if side == "accepted" {
+				c = accepted
+			}
+			fillSendBuffer(t, c)
+
+			start := time.Now()
+			closed := make(chan error, 1)
+			go func() { closed <- c.Close() }()
+			select {
+			case err := <-closed:
+				assert.NoError(t, err)
+				assert.ErrorIs(t, c.Close(), net.ErrClosed, "closing twice")
+			case <-time.After(2 * time.Second):
+				err := <-closed // no goroutine outlives the test
+				t.Errorf("Close took %v on a full send buffer (error %v)", time.Since(start), err)
+			}
+		})
+	}
+}
+
+// fillSendBuffer writes to the TCP connection under the TLS connection c,
+// whose peer does not read, until not even one more byte goes out within a
+// short deadline: the socket buffers are full. (Writing 64 KiB at a time
+// is not enough: the kernel may still take a small write into the last
+// packet, and crypto/tls refuses any write after one has timed out.)
+func fillSendBuffer(t *testing.T, c net.Conn) {
+	t.Helper()
+	nc, ok := c.(interface{ NetConn() net.Conn })
+	require.True(t, ok, "%T has no NetConn method", c)
+	raw := nc.NetConn()
+	buf := make([]byte, 64<<10)
+	sizes := []int{len(buf), 512, 1} // each until a write times out
+	for written := 0; written < 1<<30; {
+		require.NoError(t, raw.SetWriteDeadline(time.Now().Add(100*time.Millisecond)))
+		n, err := raw.Write(buf[:sizes[0]])
+		written += n
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		require.ErrorAs(t, err, &ne)
+		require.True(t, ne.Timeout(), "%v", err)
+		if sizes = sizes[1:]; len(sizes) == 0 {
+			return
+		}
+	}
+	t.Fatal("wrote 1 GiB to a peer that does not read")
 }
 
 func TestTLSUntrustedServer(t *testing.T) {
@@ -104,7 +168,7 @@ func TestTLSServerOnly(t *testing.T) {
 	go func() {
 		c, err := l.Accept()
 		if err == nil {
-			err = c.(*tls.Conn).HandshakeContext(context.Background())
+			err = c.(*transport.TLSConn).HandshakeContext(context.Background())
 			c.Close()
 		}
 		handshake <- err
