@@ -46,9 +46,9 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 }
 
 // tlsTransport returns a TCP transport with TLS on both sides, serving a
-// fresh self-signed certificate. The client trusts roots, or the
+// fresh self-signed certificate, and opts. The client trusts roots, or the
 // certificate if roots is nil.
-func tlsTransport(t *testing.T, roots *x509.CertPool) *transport.TCP {
+func tlsTransport(t *testing.T, roots *x509.CertPool, opts ...transport.TCPOption) *transport.TCP {
 	t.Helper()
 	cert, pool := selfSigned(t)
 	if roots == nil {
@@ -56,7 +56,7 @@ func tlsTransport(t *testing.T, roots *x509.CertPool) *transport.TCP {
 	}
 	server := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	client := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}
-	return transport.NewTCP(transport.WithTLS(server, client))
+	return transport.NewTCP(append([]transport.TCPOption{transport.WithTLS(server, client)}, opts...)...)
 }
 
 func TestTLSRoundTrip(t *testing.T) {
@@ -181,38 +181,61 @@ func TestTLSServerOnly(t *testing.T) {
 	c.Close()
 }
 
+// TestTCPOptions checks that the options reach the sockets: whatever the
+// dial timeout, a connection is made, over TCP and TLS, with keep-alives as
+// configured on both ends; and a dial gives up at the dial timeout.
 func TestTCPOptions(t *testing.T) {
 	assert.Equal(t, 5*time.Second, transport.DefaultDialTimeout)
 	assert.Equal(t, 15*time.Second, transport.DefaultKeepAlive)
-	for name, opts := range map[string][]transport.TCPOption{
-		"set":        {transport.WithDialTimeout(time.Second), transport.WithKeepAlive(time.Second)},
-		"no limits":  {transport.WithDialTimeout(-1), transport.WithKeepAlive(-1)},
-		"go default": {transport.WithDialTimeout(0), transport.WithKeepAlive(0)},
-	} {
-		t.Run(name, func(t *testing.T) {
-			dialed, accepted, stop, err := connect(transport.NewTCP(opts...), "127.0.0.1:0")
-			require.NoError(t, err)
-			defer stop()
-			_, err = dialed.Write([]byte("x"))
-			require.NoError(t, err)
-			_, err = io.ReadFull(accepted, make([]byte, 1))
-			assert.NoError(t, err)
-		})
-	}
-}
 
-func TestTCPDialTimeout(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	// A TLS dial to a listener that never answers the handshake.
-	_, pool := selfSigned(t)
-	tr := transport.NewTCP(
-		transport.WithDialTimeout(50*time.Millisecond),
-		transport.WithTLS(nil, &tls.Config{RootCAs: pool}),
-	)
-	_, err = tr.Dial(context.Background(), l.Addr().String())
-	var ne net.Error
-	require.ErrorAs(t, err, &ne)
-	assert.True(t, ne.Timeout(), "%v", err)
+	for _, tc := range []struct {
+		name string
+		opts []transport.TCPOption
+		on   bool          // keep-alives
+		idle time.Duration // before the first probe, if on
+	}{
+		{"default", nil, true, transport.DefaultKeepAlive},
+		{"set", []transport.TCPOption{transport.WithDialTimeout(time.Second), transport.WithKeepAlive(7 * time.Second)}, true, 7 * time.Second},
+		{"no limits", []transport.TCPOption{transport.WithDialTimeout(-1), transport.WithKeepAlive(-1)}, false, 0},
+		{"go default", []transport.TCPOption{transport.WithDialTimeout(0), transport.WithKeepAlive(0)}, true, 15 * time.Second},
+	} {
+		for _, network := range []string{"tcp", "tls"} {
+			t.Run(tc.name+"/"+network, func(t *testing.T) {
+				tr := transport.NewTCP(tc.opts...)
+				if network == "tls" {
+					tr = tlsTransport(t, nil, tc.opts...)
+				}
+				dialed, accepted, stop, err := connect(tr, "127.0.0.1:0")
+				require.NoError(t, err)
+				defer stop()
+				for side, c := range map[string]net.Conn{"dialed": dialed, "accepted": accepted} {
+					on, idle := keepAlive(t, c)
+					if assert.Equal(t, tc.on, on, "%s: keep-alive on", side) && on {
+						assert.Equal(t, tc.idle, idle, "%s: keep-alive idle time", side)
+					}
+				}
+			})
+		}
+	}
+
+	t.Run("dial timeout", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer l.Close()
+		// A TLS dial to a listener that never answers the handshake, with a
+		// context that would end it long after the dial timeout (and long
+		// before the default one).
+		_, pool := selfSigned(t)
+		tr := transport.NewTCP(
+			transport.WithDialTimeout(50*time.Millisecond),
+			transport.WithTLS(nil, &tls.Config{RootCAs: pool}),
+		)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = tr.Dial(ctx, l.Addr().String())
+		var ne net.Error
+		require.ErrorAs(t, err, &ne)
+		assert.True(t, ne.Timeout(), "%v", err)
+		assert.NoError(t, ctx.Err(), "the dial ended at the context's deadline, not the dial timeout")
+	})
 }
