@@ -2,7 +2,6 @@ package transport_test
 
 import (
 	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"strconv"
@@ -55,7 +54,7 @@ func connect(tr transport.Transport, addr string) (dialed, accepted net.Conn, st
 	go func() {
 		c, err := l.Accept()
 		// A TLS server handshakes on first use, and the dialler waits for it.
-		if tc, ok := c.(*tls.Conn); ok && err == nil {
+		if tc, ok := c.(*transport.TLSConn); ok && err == nil {
 			if err = tc.HandshakeContext(context.Background()); err != nil {
 				c.Close()
 			}

@@ -73,7 +73,7 @@ func NewTCP(opts ...TCPOption) *TCP {
 
 // Listen listens on the TCP address addr ("host:port"; port 0 picks a
 // free one). Accepted connections have keep-alives as configured, and are
-// TLS server connections, handshaking on first use, if a server TLS
+// [*TLSConn] server connections, handshaking on first use, if a server TLS
 // configuration was given. If the address is taken the error wraps
 // [ErrAddrInUse].
 func (t *TCP) Listen(addr string) (net.Listener, error) {
@@ -86,15 +86,30 @@ func (t *TCP) Listen(addr string) (net.Listener, error) {
 		return nil, err
 	}
 	if t.serverTLS != nil {
-		l = tls.NewListener(l, t.serverTLS)
+		l = &tlsListener{Listener: l, config: t.serverTLS}
 	}
 	return l, nil
 }
 
-// Dial connects to the TCP address addr, completing the TLS handshake if
-// a client TLS configuration was given. It gives up when ctx is done or
-// the dial timeout passes. If nothing listens at addr the error wraps
-// [ErrConnRefused].
+// tlsListener is [tls.NewListener]'s listener, but its connections are
+// [*TLSConn]s.
+type tlsListener struct {
+	net.Listener
+	config *tls.Config
+}
+
+func (l *tlsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &TLSConn{tls.Server(c, l.config)}, nil
+}
+
+// Dial connects to the TCP address addr. If a client TLS configuration
+// was given, it completes the TLS handshake and returns a [*TLSConn]. It
+// gives up when ctx is done or the dial timeout passes. If nothing listens
+// at addr the error wraps [ErrConnRefused].
 func (t *TCP) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	d := &net.Dialer{Timeout: max(t.dialTimeout, 0), KeepAlive: t.keepAlive}
 	var (
@@ -104,6 +119,9 @@ func (t *TCP) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	if t.clientTLS != nil {
 		td := &tls.Dialer{NetDialer: d, Config: t.clientTLS}
 		c, err = td.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return &TLSConn{c.(*tls.Conn)}, nil
+		}
 	} else {
 		c, err = d.DialContext(ctx, "tcp", addr)
 	}
@@ -117,4 +135,33 @@ func (t *TCP) Dial(ctx context.Context, addr string) (net.Conn, error) {
 		return nil, fmt.Errorf("transport: dial tls %s: %w", addr, err)
 	}
 	return nil, err
+}
+
+// TLSConn is a TLS connection made by [TCP]: a [tls.Conn], with all its
+// methods (ConnectionState, HandshakeContext, NetConn...), but whose Close
+// does not send a close_notify alert. Like any [net.Conn] it is safe for
+// concurrent use.
+type TLSConn struct {
+	*tls.Conn
+}
+
+var _ net.Conn = (*TLSConn)(nil)
+
+// Close closes the TCP connection at once, without the TLS close_notify
+// alert. Closing twice returns an error wrapping [net.ErrClosed].
+//
+// Why: crypto/tls's Close sends close_notify first, and if the peer has
+// stopped reading and the socket buffers are full, that write blocks for
+// up to 5 s. A write deadline set beforehand does not help, because
+// crypto/tls replaces it with its own 5 s one for the alert. Connections
+// are closed to end them, often from a [context.AfterFunc] or while
+// shutting down, and that must not hang on a stuck peer.
+//
+// Without the alert, the peer reads [io.EOF] (if the connection was closed
+// between TLS records) as over plain TCP, and cannot tell a clean end from
+// a truncation by an attacker, so a protocol must frame its messages to
+// notice one cut short. To send close_notify anyway, call CloseWrite
+// (which may block for up to 5 s) before Close.
+func (c *TLSConn) Close() error {
+	return c.NetConn().Close()
 }
