@@ -21,6 +21,8 @@ package replmap
 //	            u32 largest frame the replica reads
 //	ACK   'A'   u64 offset of the last write applied
 //	PING  'P'   (empty) keep-alive while syncing
+//	LISTEN   'L'  str the address the replica serves sub-replicas on (sent before an ACK when it changed)
+//	PROMOTED 'R'  str the new replication ID: the replica took over after a FAILOVER
 //
 // Primary to replica:
 //
@@ -34,6 +36,7 @@ package replmap
 //	PING     'P'  (empty) keep-alive on an idle link
 //	GETACK   'G'  (empty) asks for an ACK now
 //	ERROR    'X'  u16 error code; the primary closes the link after it
+//	FAILOVER 'O'  u64 offset, u64 epoch: become primary of that epoch if at that offset (a handover)
 //
 // Values are msgpack (github.com/hashicorp/go-msgpack). SET and DEL are data
 // records: the replication offset counts their whole frames, length prefix
@@ -94,6 +97,9 @@ const (
 	frameDel      frameType = 'd'
 	frameGetAck   frameType = 'G'
 	frameError    frameType = 'X'
+	frameFailover frameType = 'O'
+	framePromoted frameType = 'R'
+	frameListen   frameType = 'L'
 )
 
 func (t frameType) String() string {
@@ -120,6 +126,12 @@ func (t frameType) String() string {
 		return "GETACK"
 	case frameError:
 		return "ERROR"
+	case frameFailover:
+		return "FAILOVER"
+	case framePromoted:
+		return "PROMOTED"
+	case frameListen:
+		return "LISTEN"
 	}
 	return fmt.Sprintf("frame type 0x%02x", byte(t))
 }
@@ -510,4 +522,32 @@ func (c *deadlineConn) Write(b []byte) (int, error) {
 		c.write = now
 	}
 	return c.Conn.Write(b)
+}
+
+// appendStringFrame appends a frame whose payload is one string.
+func appendStringFrame(dst []byte, t frameType, s string) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, t)
+	dst = appendString(dst, s)
+	return endFrame(dst, start)
+}
+
+func parseStringFrame(t frameType, b []byte) (string, error) {
+	p := parser{b: b}
+	s := string(p.bytes(t.String(), maxIDLen))
+	return s, p.end(t.String())
+}
+
+func appendFailover(dst []byte, offset, epoch uint64) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, frameFailover)
+	dst = binary.BigEndian.AppendUint64(dst, offset)
+	dst = binary.BigEndian.AppendUint64(dst, epoch)
+	return endFrame(dst, start)
+}
+
+func parseFailover(b []byte) (offset, epoch uint64, err error) {
+	p := parser{b: b}
+	offset, epoch = p.u64("FAILOVER offset"), p.u64("FAILOVER epoch")
+	return offset, epoch, p.end("FAILOVER")
 }

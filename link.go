@@ -36,6 +36,14 @@ type link[V any] struct {
 
 	wake   chan struct{} // the stream grew
 	getack chan struct{} // a Wait wants an ACK and could not write it itself
+	acks   chan struct{} // the acknowledged offset advanced (for a handover)
+	gone   chan struct{} // closed when the link has ended
+
+	listenMu sync.Mutex
+	listen   string // the address the replica advertises (LISTEN)
+
+	failover atomic.Bool // a FAILOVER was sent: PROMOTED may come
+	promoted *signal     // fired on PROMOTED
 
 	// stop, once set, is the offset the link's history ends at: the
 	// sender writes the stream up to it, then an ERROR telling the replica
@@ -83,6 +91,13 @@ func (l *link[V]) drop(err error) {
 	}
 	l.stop, l.stopErr = l.d.backlog.end.Load(), err
 	close(l.stopped)
+}
+
+// listenAddr returns the address the replica advertises, "" if none.
+func (l *link[V]) listenAddr() string {
+	l.listenMu.Lock()
+	defer l.listenMu.Unlock()
+	return l.listen
 }
 
 // stopAt returns the offset the link may send up to.
@@ -159,6 +174,7 @@ func (n *node[V]) serveLink(conn net.Conn) {
 	wg.Wait()
 
 	n.removeLink(l)
+	close(l.gone)
 	l.wmu.Lock() // wait out a GETACK being written by a Wait
 	l.streaming.Store(false)
 	if l.cur != nil {
@@ -206,6 +222,9 @@ func (n *node[V]) handshake(ctx context.Context, fr *frameReader, w io.Writer, a
 		cancel:      cancel,
 		wake:        make(chan struct{}, 1),
 		getack:      make(chan struct{}, 1),
+		acks:        make(chan struct{}, 1),
+		gone:        make(chan struct{}),
+		promoted:    newSignal(),
 		stopped:     make(chan struct{}),
 		connectedAt: time.Now(),
 	}
@@ -512,8 +531,26 @@ func (l *link[V]) receive(fr *frameReader) error {
 			if int64(off) > l.ack.Load() {
 				l.ack.Store(int64(off))
 				l.n.ackAdvanced()
+				select {
+				case l.acks <- struct{}{}:
+				default:
+				}
 			}
 			l.acknowledged(off)
+		case frameListen:
+			addr, err := parseStringFrame(t, payload)
+			if err != nil {
+				return linkError("stream", l.addr, err)
+			}
+			l.listenMu.Lock()
+			l.listen = addr
+			l.listenMu.Unlock()
+		case framePromoted:
+			if !l.failover.Load() {
+				return linkError("stream", l.addr, fmt.Errorf("%w: PROMOTED without a FAILOVER", ErrProtocol))
+			}
+			l.promoted.fire()
+			return linkError("stream", l.addr, errPromoted)
 		case framePing:
 		default:
 			return linkError("stream", l.addr, fmt.Errorf("%w: unexpected %s from replica", ErrProtocol, t))

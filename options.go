@@ -93,6 +93,7 @@ type config struct {
 	allowDataLoss  bool
 	minReplicas    int
 	minReplicasLag time.Duration
+	advertiseAddr  string
 }
 
 func newConfig(opts []Option) (config, error) {
@@ -290,4 +291,15 @@ func WithAllowDataLoss() Option {
 // Primary only.
 func WithMinReplicas(n int, maxLag time.Duration) Option {
 	return optionFunc(func(c *config) { c.minReplicas, c.minReplicasLag = n, maxLag })
+}
+
+// WithAdvertiseAddr sets the address a replica tells its primary it can be
+// reached at, shown in [ReplicaLink.Listen]: where a handover
+// ([Primary.Handover]) sends the old primary to follow it, and where
+// others re-point to it after a promotion. By default it is the address of
+// the first listener given to [Replica.Serve], which is wrong for a
+// listener on a wildcard address ("0.0.0.0:7070") or behind NAT. Replica
+// only.
+func WithAdvertiseAddr(addr string) Option {
+	return optionFunc(func(c *config) { c.advertiseAddr = addr })
 }

@@ -34,6 +34,11 @@ type Primary[V any] struct {
 	closeOnce sync.Once
 	isClosed  atomic.Bool
 
+	// pause and moved are guarded by the node's writeMu: a handover in
+	// progress, and where the role went after one.
+	pause *writePause
+	moved error
+
 	frames sync.Pool // *[]byte scratch for encoding records
 }
 
@@ -108,6 +113,8 @@ func (p *Primary[V]) closed() bool { return p.isClosed.Load() }
 // writable reports why a write cannot be made now, under writeMu.
 func (p *Primary[V]) writable() error {
 	switch {
+	case p.moved != nil:
+		return p.moved
 	case p.closed():
 		return ErrClosed
 	case p.n.stale.Load():
@@ -142,17 +149,27 @@ func (p *Primary[V]) Set(key string, value V) error {
 		if d.store.packed {
 			packedKey, packed = d.store.packEntry(key, value)
 		}
-		n.writeMu.Lock()
-		d = n.data()
-		if err = p.writable(); err == nil {
-			if packed != nil {
-				d.store.setPacked(packedKey, packed)
-			} else {
-				d.store.set(key, value)
+		for {
+			n.writeMu.Lock()
+			if h := p.pause; h != nil {
+				n.writeMu.Unlock()
+				if err = awaitHandover(h); err != nil {
+					break
+				}
+				continue
 			}
-			n.appendRecord(d, frame, nil)
+			d = n.data()
+			if err = p.writable(); err == nil {
+				if packed != nil {
+					d.store.setPacked(packedKey, packed)
+				} else {
+					d.store.set(key, value)
+				}
+				n.appendRecord(d, frame, nil)
+			}
+			n.writeMu.Unlock()
+			break
 		}
-		n.writeMu.Unlock()
 	}
 	p.putFrameBuf(buf, frame)
 	if err == nil {
@@ -173,15 +190,25 @@ func (p *Primary[V]) Delete(key string) error {
 	frame := appendDelFrame((*buf)[:0], key)
 	n := p.n
 	existed := false
-	n.writeMu.Lock()
-	d := n.data()
-	err := p.writable()
-	if err == nil {
-		if existed = d.store.delete(key); existed {
-			n.appendRecord(d, frame, nil)
+	var err error
+	for {
+		n.writeMu.Lock()
+		if h := p.pause; h != nil {
+			n.writeMu.Unlock()
+			if err = awaitHandover(h); err != nil {
+				break
+			}
+			continue
 		}
+		d := n.data()
+		if err = p.writable(); err == nil {
+			if existed = d.store.delete(key); existed {
+				n.appendRecord(d, frame, nil)
+			}
+		}
+		n.writeMu.Unlock()
+		break
 	}
-	n.writeMu.Unlock()
 	p.putFrameBuf(buf, frame)
 	if existed {
 		n.wakeLinks()

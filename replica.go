@@ -43,15 +43,22 @@ type Replica[V any] struct {
 
 	state atomic.Value // ReplicaState
 
+	// opMu orders the calls that change the upstream or the role: Close,
+	// Follow, Promote.
+	opMu sync.Mutex
+
 	// mu guards the upstream: its address, the sync loop running against
 	// it, and the signal of its first sync. Follow and Promote replace them.
-	mu      sync.Mutex
-	addr    string
-	synced  *signal
-	cancel  context.CancelCauseFunc // stops the sync loop
-	done    chan struct{}           // closed when the sync loop exits
-	handed  bool                    // the node was handed to a Primary (Promote)
-	closing bool
+	mu        sync.Mutex
+	addr      string
+	advertise string // the address sub-replicas reach this node at, told upstream for handovers
+	synced    *signal
+	cancel    context.CancelCauseFunc // stops the sync loop
+	done      chan struct{}           // closed when the sync loop exits
+	handed    bool                    // the node was handed to a Primary (Promote, or a handover)
+	closing   bool
+	promoted  *Primary[V] // set when handed
+	promotion *signal     // fired when handed
 
 	closedCh chan struct{} // closed when this handle is closed
 	isClosed atomic.Bool
@@ -111,15 +118,17 @@ func newReplicaHandle[V any](n *node[V], t transport.Transport, primaryAddr stri
 		name = randomHex(8)
 	}
 	r := &Replica[V]{
-		n:        n,
-		cfg:      cfg,
-		opts:     opts,
-		t:        t,
-		name:     name,
-		instance: randomHex(8),
-		addr:     primaryAddr,
-		synced:   newSignal(),
-		closedCh: make(chan struct{}),
+		n:         n,
+		cfg:       cfg,
+		opts:      opts,
+		t:         t,
+		name:      name,
+		instance:  randomHex(8),
+		addr:      primaryAddr,
+		advertise: cfg.advertiseAddr,
+		synced:    newSignal(),
+		promotion: newSignal(),
+		closedCh:  make(chan struct{}),
 	}
 	r.log = cfg.logger.With("replica", name)
 	n.log = r.log
@@ -145,14 +154,18 @@ func (r *Replica[V]) start() {
 	go r.run(ctx, r.addr, r.synced, done)
 }
 
-// stop stops the sync loop and waits for it. The caller holds r.mu.
+// stop stops the sync loop and waits for it. The caller holds opMu, not
+// mu (the loop may take mu on its way out).
 func (r *Replica[V]) stop() {
-	if r.cancel == nil {
+	r.mu.Lock()
+	cancel, done := r.cancel, r.done
+	r.cancel = nil
+	r.mu.Unlock()
+	if cancel == nil {
 		return
 	}
-	r.cancel(ErrClosed)
-	<-r.done
-	r.cancel = nil
+	cancel(ErrClosed)
+	<-done
 	r.linkUp.Store(false)
 }
 
@@ -248,7 +261,19 @@ func (r *Replica[V]) Serve(l net.Listener) error {
 		l.Close()
 		return ErrClosed
 	}
+	r.mu.Lock()
+	if r.advertise == "" {
+		r.advertise = l.Addr().String()
+	}
+	r.mu.Unlock()
 	return r.n.serve(l)
+}
+
+// advertised returns the address this replica tells its upstream.
+func (r *Replica[V]) advertised() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.advertise
 }
 
 // Info returns a snapshot of the Replica's state.
@@ -289,10 +314,12 @@ func (r *Replica[V]) Info() ReplicaInfo {
 // data stays readable. A second Close returns nil, and so does Close after
 // Promote, which has closed r already.
 func (r *Replica[V]) Close() error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
 	r.mu.Lock()
 	r.closing = true
-	r.stop()
 	r.mu.Unlock()
+	r.stop()
 	r.closeHandle()
 	r.n.closeIfOwner(r)
 	return nil
@@ -324,9 +351,9 @@ func (r *Replica[V]) run(ctx context.Context, addr string, synced *signal, done 
 	immediate := false
 	for {
 		r.state.Store(StateConnecting)
-		progress, err := r.session(ctx, addr, synced)
+		progress, err := r.session(ctx, addr, synced, done)
 		r.linkUp.Store(false)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errPromoted) {
 			return
 		}
 		r.setErr(err)
@@ -371,7 +398,7 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 
 // session runs one connection: handshake, sync, stream. It reports whether
 // it made progress, and why it ended.
-func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal) (progress bool, err error) {
+func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal, loop chan struct{}) (progress bool, err error) {
 	dctx, dcancel := context.WithTimeout(ctx, r.cfg.linkTimeout)
 	conn, err := r.t.Dial(dctx, addr)
 	dcancel()
@@ -407,6 +434,7 @@ func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal) (
 		n:      r.n,
 		addr:   addr,
 		synced: synced,
+		loop:   loop,
 		fr:     newFrameReader(dc, r.cfg.maxFrameSize),
 		w:      dc,
 	}
@@ -427,6 +455,7 @@ type replicaSession[V any] struct {
 	n      *node[V]
 	addr   string
 	synced *signal
+	loop   chan struct{} // the sync loop's done channel, naming the loop
 	fr     *frameReader
 	frames uint64 // read so far
 
@@ -435,6 +464,7 @@ type replicaSession[V any] struct {
 	wmu    sync.Mutex
 	w      io.Writer
 	ackBuf []byte
+	listen string // the address last advertised upstream
 
 	// streaming is set once the data being served is the data this
 	// session updates, so ACKs report offsets in the primary's stream.
@@ -695,6 +725,10 @@ func (s *replicaSession[V]) stream() error {
 					return err
 				}
 			}
+		case frameFailover:
+			if err := s.failover(payload); err != nil {
+				return err
+			}
 		case frameError:
 			return errorFromFrame(payload)
 		default:
@@ -728,11 +762,44 @@ func (s *replicaSession[V]) heartbeat(ctx context.Context) error {
 	}
 }
 
-// writeAck writes an ACK of the offset applied so far.
+// writeAck writes an ACK of the offset applied so far, after a LISTEN if
+// the address this replica advertises changed.
 func (s *replicaSession[V]) writeAck() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.ackBuf = appendU64Frame(s.ackBuf[:0], frameAck, s.target.offset())
+	s.ackBuf = s.ackBuf[:0]
+	if addr := s.r.advertised(); addr != s.listen {
+		s.listen = addr
+		s.ackBuf = appendStringFrame(s.ackBuf, frameListen, addr)
+	}
+	s.ackBuf = appendU64Frame(s.ackBuf, frameAck, s.target.offset())
 	_, err := s.w.Write(s.ackBuf)
 	return err
+}
+
+// failover handles FAILOVER: the primary hands its role to this replica,
+// which must be streaming at exactly the primary's offset. It promotes
+// the replica, tells the primary, and ends the session. A FAILOVER this
+// replica cannot follow is ignored: the primary gives up and rolls back.
+func (s *replicaSession[V]) failover(payload []byte) error {
+	offset, epoch, err := parseFailover(payload)
+	if err != nil {
+		return err
+	}
+	if !s.streaming.Load() || s.n.data() != s.target || s.target.offset() != offset {
+		s.r.log.Warn("handover refused: not at the primary's offset", "offset", s.target.offset(), "primary_offset", offset)
+		return nil
+	}
+	p, err := s.r.promoteByUpstream(s.loop, epoch)
+	if err != nil {
+		s.r.log.Warn("handover refused", "err", err)
+		return nil
+	}
+	s.wmu.Lock()
+	_, err = s.w.Write(appendStringFrame(nil, framePromoted, p.ReplID()))
+	s.wmu.Unlock()
+	if err != nil {
+		s.r.log.Warn("promoted, but could not tell the old primary", "err", err)
+	}
+	return errPromoted
 }

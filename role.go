@@ -1,6 +1,7 @@
 package replmap
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/replmap/replmap/transport"
@@ -27,20 +28,17 @@ func (r *Replica[V]) Promote(opts ...Option) (*Primary[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := newConfig(append(append([]Option(nil), r.opts...), opts...))
+	all := append(append([]Option(nil), r.opts...), opts...)
+	cfg, err := newConfig(all)
 	if err != nil {
 		return nil, err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closing || r.handed || r.isClosed.Load() {
-		return nil, ErrClosed
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if err := r.promotable(); err != nil {
+		return nil, err
 	}
-	n := r.n
-	if n.data().hist.replID == "" {
-		return nil, fmt.Errorf("%w: nothing to promote", ErrNotSynced)
-	}
-	seen := n.maxEpoch.Load()
+	seen := r.n.maxEpoch.Load()
 	epoch := seen + 1
 	if given.epochSet {
 		if given.epoch <= seen {
@@ -49,8 +47,33 @@ func (r *Replica[V]) Promote(opts ...Option) (*Primary[V], error) {
 		epoch = given.epoch
 	}
 	r.stop()
-	r.handed = true
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.handed { // a handover promoted r meanwhile
+		return nil, ErrClosed
+	}
+	return r.promote(cfg, all, epoch), nil
+}
 
+// promotable reports why r cannot be promoted.
+func (r *Replica[V]) promotable() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.closing || r.handed || r.isClosed.Load():
+		return ErrClosed
+	case r.n.data().hist.replID == "":
+		return fmt.Errorf("%w: nothing to promote", ErrNotSynced)
+	}
+	return nil
+}
+
+// promote hands r's node to a new Primary that continues r's history in
+// a new one of the given epoch. The caller holds r.mu, and r's sync loop
+// has stopped or is ending.
+func (r *Replica[V]) promote(cfg config, opts []Option, epoch uint64) *Primary[V] {
+	n := r.n
+	r.handed = true
 	n.writeMu.Lock()
 	d := n.data()
 	n.swap(&dataset[V]{store: d.store, backlog: d.backlog, hist: history{
@@ -61,10 +84,32 @@ func (r *Replica[V]) Promote(opts ...Option) (*Primary[V], error) {
 	}})
 	n.writeMu.Unlock()
 	p := newPrimaryHandle(n, cfg)
-	p.opts = append(append([]Option(nil), r.opts...), opts...)
+	p.opts = opts
+	r.promoted = p
+	r.promotion.fire()
 	r.closeHandle()
-	p.n.log.Info("promoted", "offset", d.offset(), "epoch", epoch, "continues", d.hist.replID)
-	return p, nil
+	n.log.Info("promoted", "offset", d.offset(), "epoch", epoch, "continues", d.hist.replID)
+	return p
+}
+
+// WaitPromoted blocks until r is promoted, by Promote or by a handover
+// from its primary ([Primary.Handover]), and returns the Primary it
+// became: this is how the owner of a replica chosen by a handover gets
+// its *Primary. It returns ctx.Err() if ctx ends first, and ErrClosed if r
+// is closed without being promoted.
+func (r *Replica[V]) WaitPromoted(ctx context.Context) (*Primary[V], error) {
+	select {
+	case <-r.promotion.ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-r.closedCh:
+		if !r.promotion.fired() {
+			return nil, ErrClosed
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.promoted, nil
 }
 
 // Follow switches r to the primary at primaryAddr without dropping its
@@ -82,12 +127,14 @@ func (r *Replica[V]) Promote(opts ...Option) (*Primary[V], error) {
 // the new primary, and Info and WaitOffset show its progress. It returns
 // ErrClosed if r is closed.
 func (r *Replica[V]) Follow(primaryAddr string) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.stop()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closing || r.handed || r.isClosed.Load() {
 		return ErrClosed
 	}
-	r.stop()
 	r.addr = primaryAddr
 	r.synced = newSignal()
 	r.start()
