@@ -17,7 +17,7 @@
 //	_ = r.WaitSynced(ctx)
 //
 //	_ = p.Set("greeting", "hello")
-//	_, _ = p.Wait(1, time.Second) // until r has it
+//	_ = r.WaitOffset(ctx, p.Offset()) // read your write on r
 //	v, _ := r.Get("greeting")
 //
 // # Consistency model
@@ -27,7 +27,9 @@
 // received. [Primary.Wait] blocks until n replicas acknowledge every
 // earlier write and reports how many did; it narrows that window but does
 // not close it, and it does not make the system linearizable across a
-// failover (there is no failover here: replicas never become primaries).
+// failover. [WithMinReplicas] refuses writes while too few replicas are
+// in touch, which bounds how much an isolated primary can take that a
+// failover would lose.
 //
 // Every write has an offset: the byte position of its record in the
 // replication stream. A replica at offset o serves exactly the primary's
@@ -47,6 +49,31 @@
 // [WithReplicaBufferSoftLimit]) is dropped and resyncs later, so it cannot
 // exhaust the primary's memory.
 //
+// # Failover
+//
+// A history is a stream of writes named by a replication ID; offsets count
+// on across promotions. [Replica.Promote] makes a replica a primary that
+// continues its history in a new one (its old ID kept as ReplID2 up to
+// its offset), so its siblings re-pointed with [Replica.Follow], and the
+// old primary turned replica with [Primary.Demote], resume with a partial
+// resync unless they were ahead of it. [Primary.Handover] does the planned
+// version without losing a write: it pauses writes, lets the chosen
+// replica catch up, promotes it, and follows it.
+//
+// Every history has an epoch, one more at each promotion (or set with
+// [WithEpoch] by a coordinator). Replicas never follow a primary of an
+// older epoch than one they have seen, and a primary that meets a replica
+// of a newer epoch refuses writes with [ErrStaleEpoch]: a deposed primary
+// that comes back cannot pull replicas back into its history. A replica
+// holding data also refuses a full sync from an unrelated primary that is
+// behind it ([ErrWouldLoseData]), so an empty primary restarted without
+// its data does not wipe its replicas.
+//
+// A replica serves sub-replicas with [Replica.Serve] (chains): they get
+// the same bytes, IDs and offsets, and a listener keeps being served
+// across role changes. [Replica.WaitOffset] gives read-your-writes on a
+// replica.
+//
 // # Lifecycle
 //
 // NewPrimary returns a Primary with an empty map; Serve accepts replicas
@@ -60,8 +87,11 @@
 //
 // Errors are sentinel values ([ErrClosed], [ErrReadOnly], [ErrTooLarge],
 // [ErrProtocol], [ErrChecksum], [ErrVersion], [ErrReplicaTooSlow],
-// [ErrLinkTimeout], [ErrInvalidOption]), usually wrapped with detail: test
-// them with [errors.Is]. A link's failure is a [*LinkError]. Failures in
+// [ErrLinkTimeout], [ErrInvalidOption], [ErrStaleEpoch],
+// [ErrWouldLoseData], [ErrNotSynced], [ErrNotEnoughReplicas],
+// [ErrTypeMismatch], [ErrDuplicateName], [ErrNoReplica]), usually wrapped
+// with detail: test them with [errors.Is]. A write refused after a
+// handover is a [*MovedError] naming the new primary. A link's failure is a [*LinkError]. Failures in
 // the background, which no caller can receive, go to the [log/slog] logger
 // given with [WithLogger] and show in [Primary.Info] and [Replica.Info].
 //

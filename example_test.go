@@ -23,10 +23,94 @@ func Example() {
 	_ = r.WaitSynced(context.Background())
 
 	_ = p.Set("greeting", "hello")
-	n, _ := p.Wait(1, time.Second) // until the replica has applied it
+	n, _ := p.Wait(1, 0) // until the replica has applied it, however long that takes
 	v, _ := r.Get("greeting")
 	fmt.Println(n, v)
 	// Output: 1 hello
+}
+
+// Read your writes on a replica: wait for the offset the primary reported
+// after the write.
+func ExampleReplica_WaitOffset() {
+	network := transport.NewInmem()
+	p, _ := replmap.NewPrimary[string]()
+	defer p.Close()
+	l, _ := network.Listen("primary")
+	go p.Serve(l)
+	r, _ := replmap.NewReplica[string](network, "primary")
+	defer r.Close()
+
+	_ = p.Set("session", "alice")
+	token := p.Offset() // hand this to whoever reads from r next
+	_ = r.WaitOffset(context.Background(), token)
+	v, _ := r.Get("session")
+	fmt.Println(v)
+	// Output: alice
+}
+
+// Failover after the primary is lost: promote the most caught-up replica,
+// re-point the other at it. The sibling resumes with a partial resync.
+func ExampleReplica_Promote() {
+	network := transport.NewInmem()
+	p, _ := replmap.NewPrimary[int]()
+	l, _ := network.Listen("p")
+	go p.Serve(l)
+	a, _ := replmap.NewReplica[int](network, "p")
+	defer a.Close()
+	b, _ := replmap.NewReplica[int](network, "p")
+	defer b.Close()
+	_ = p.Set("x", 1)
+	_, _ = p.Wait(2, 0)
+	p.Close() // the primary is gone
+
+	np, _ := a.Promote() // a continues the history, one epoch up
+	defer np.Close()
+	nl, _ := network.Listen("a")
+	go np.Serve(nl)
+	_ = b.Follow("a")
+	_ = np.Set("y", 2)
+	_ = b.WaitOffset(context.Background(), np.Offset())
+
+	v, _ := b.Get("y")
+	info := b.Info()
+	fmt.Println(v, info.Epoch, info.FullSyncs, info.PartialSyncs)
+	// Output: 2 1 1 1
+}
+
+// A planned handover: the primary pauses writes, lets the replica catch up,
+// promotes it and follows it. Nothing acknowledged is lost, nobody
+// full-syncs, and the replica's owner gets its Primary from WaitPromoted.
+func ExamplePrimary_Handover() {
+	network := transport.NewInmem()
+	p, _ := replmap.NewPrimary[int]()
+	l, _ := network.Listen("p")
+	go p.Serve(l)
+	r, _ := replmap.NewReplica[int](network, "p", replmap.WithReplicaName("r"), replmap.WithAdvertiseAddr("r"))
+	defer r.Close()
+	rl, _ := network.Listen("r")
+	go r.Serve(rl)
+	_ = p.Set("x", 1)
+	_, _ = p.Wait(1, 0) // r is streaming and has told p its address
+
+	ctx := context.Background()
+	old, err := p.Handover(ctx, network, "r")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer old.Close()
+	np, _ := r.WaitPromoted(ctx) // on r's side
+	defer np.Close()
+
+	var moved *replmap.MovedError
+	fmt.Println(errors.As(p.Set("y", 2), &moved), moved.Addr)
+	_ = np.Set("y", 2)
+	_ = old.WaitOffset(ctx, np.Offset())
+	v, _ := old.Get("y")
+	fmt.Println(v, old.Info().FullSyncs)
+	// Output:
+	// true r
+	// 2 0
 }
 
 func ExamplePrimary_Wait() {

@@ -124,6 +124,7 @@ func (l *link[V]) info(end uint64) ReplicaLink {
 	ri := ReplicaLink{
 		ID:          l.name,
 		Addr:        l.addr,
+		Listen:      l.listenAddr(),
 		State:       LinkSyncing,
 		SentOffset:  l.sent.Load(),
 		ConnectedAt: l.connectedAt,

@@ -167,10 +167,12 @@ func (c *config) validate() error {
 	return errors.Join(errs...)
 }
 
-// WithBacklogSize sets how many bytes of the most recent stream the primary
+// WithBacklogSize sets how many bytes of the most recent stream a node
 // keeps so that a replica that lost its link can resume with a partial
-// resync. Positive sizes below [MinBacklogSize] are raised to it; the
-// default is [DefaultBacklogSize]. Primary only.
+// resync. Replicas keep one too, of the bytes they receive, so that their
+// sub-replicas can resume from them and so that, once promoted, they can
+// resume their siblings. Positive sizes below [MinBacklogSize] are raised
+// to it; the default is [DefaultBacklogSize].
 func WithBacklogSize(bytes int) Option {
 	return optionFunc(func(c *config) { c.backlogSize = bytes })
 }
@@ -180,7 +182,9 @@ func WithBacklogSize(bytes int) Option {
 // [ErrReplicaTooSlow]. A replica receiving a snapshot holds the stream
 // written since the snapshot began, so this also bounds how much writing a
 // full sync can absorb. It must be at least the backlog size; the default is
-// [DefaultReplicaBufferLimit]. Primary only.
+// [DefaultReplicaBufferLimit]. A record is judged from its start: one that
+// is itself larger than the limit does not evict a replica that has read
+// everything before it. For a primary, and a replica serving sub-replicas.
 func WithReplicaBufferLimit(bytes int) Option {
 	return optionFunc(func(c *config) { c.bufferLimit = bytes })
 }
@@ -246,9 +250,14 @@ func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) { c.logger = l })
 }
 
-// WithReplicaName sets the ID a replica presents to the primary, shown in
-// [ReplicaLink.ID]. A primary holds one link per ID: a new connection with
-// the same ID replaces the old one. The default is random. Replica only.
+// WithReplicaName sets the name a replica presents to the primary, shown
+// in [ReplicaLink.ID] and used by [Primary.Handover] to pick it. A primary
+// holds one link per name: a new connection with the same name replaces
+// the old one (a replica that reconnects or restarts before its old link
+// timed out is counted once by Wait), and the replica it replaced is
+// refused with [ErrDuplicateName] if it comes back, so two replicas given
+// one name do not take turns evicting each other. The default is random.
+// Replica only.
 func WithReplicaName(name string) Option {
 	return optionFunc(func(c *config) { c.replicaName = name })
 }

@@ -126,8 +126,9 @@ type PrimaryInfo struct {
 
 // ReplicaLink describes one connected replica, as the primary sees it.
 type ReplicaLink struct {
-	ID          string    // the replica's self-chosen ID, from its handshake
-	Addr        string    // the replica's network address
+	ID          string    // the replica's name (WithReplicaName), from its handshake
+	Addr        string    // the replica's network address, as this end of the link sees it
+	Listen      string    // the address the replica serves on, as it advertises it ("" if none)
 	State       LinkState // where the link is in its lifecycle
 	SentOffset  uint64    // stream offset written to the link so far
 	AckOffset   uint64    // highest offset the replica acknowledged (0 before its first ACK)

@@ -5,10 +5,13 @@
 //	go run ./examples/tcp -role replica -primary 127.0.0.1:7070
 //
 // The primary writes a counter every -interval and reports how many
-// replicas acknowledged it; each replica reports what it holds. Stop the
-// primary and restart it to watch replicas reconnect and full-sync its new
-// history; stop a replica for a moment to watch it resume with a partial
-// resync. Ctrl-C (or SIGTERM) stops either cleanly.
+// replicas acknowledged it; each replica reports what it holds. Stop a
+// replica for a moment to watch it resume with a partial resync. Stop the
+// primary and restart it: it comes back empty (it keeps nothing on disk),
+// and its replicas refuse to be wiped by it ("sync would lose data"), keep
+// serving their counter, and say why. Start a replica with
+// -allow-data-loss to let it follow the empty primary anyway. Ctrl-C (or
+// SIGTERM) stops either cleanly.
 package main
 
 import (
@@ -43,6 +46,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:7070", "address the primary listens on")
 	primaryAddr := fs.String("primary", "127.0.0.1:7070", "address of the primary (replica role)")
 	interval := fs.Duration("interval", time.Second, "how often to write (primary) or report (replica)")
+	allowLoss := fs.Bool("allow-data-loss", false, "let the replica follow a primary that would wipe its data (replica role)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,7 +58,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case "primary":
 		return runPrimary(ctx, tcp, *listen, *interval, out)
 	case "replica":
-		return runReplica(ctx, tcp, *primaryAddr, *interval, out)
+		var opts []replmap.Option
+		if *allowLoss {
+			opts = append(opts, replmap.WithAllowDataLoss())
+		}
+		return runReplica(ctx, tcp, *primaryAddr, *interval, out, opts...)
 	default:
 		return fmt.Errorf("-role must be primary or replica, got %q", *role)
 	}
@@ -106,8 +114,8 @@ func runPrimary(ctx context.Context, tcp *transport.TCP, addr string, every time
 	}
 }
 
-func runReplica(ctx context.Context, tcp *transport.TCP, addr string, every time.Duration, out io.Writer) error {
-	r, err := replmap.NewReplica[string](tcp, addr)
+func runReplica(ctx context.Context, tcp *transport.TCP, addr string, every time.Duration, out io.Writer, opts ...replmap.Option) error {
+	r, err := replmap.NewReplica[string](tcp, addr, opts...)
 	if err != nil {
 		return err
 	}
