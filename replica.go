@@ -343,15 +343,17 @@ func (r *Replica[V]) setErr(err error) {
 
 // run connects, syncs and streams until ctx ends, reconnecting with
 // jittered exponential backoff. The backoff restarts after a session that
-// made progress (applied a write or completed a sync); an upstream whose
-// history changed is reconnected to at once.
+// made progress (applied a write or completed a sync: a CONTINUE alone
+// is not progress, or a replica that cannot apply its primary's records
+// would reconnect in a tight loop); an upstream whose history changed is
+// reconnected to at once, if the session before had streamed.
 func (r *Replica[V]) run(ctx context.Context, addr string, synced *signal, done chan struct{}) {
 	defer close(done)
 	attempt := 0
 	immediate := false
 	for {
 		r.state.Store(StateConnecting)
-		progress, err := r.session(ctx, addr, synced, done)
+		progress, streamed, err := r.session(ctx, addr, synced, done)
 		r.linkUp.Store(false)
 		if ctx.Err() != nil || errors.Is(err, errPromoted) {
 			return
@@ -361,8 +363,13 @@ func (r *Replica[V]) run(ctx context.Context, addr string, synced *signal, done 
 		if progress {
 			attempt = 0
 		}
+		if streamed {
+			immediate = false
+		}
 		var delay time.Duration
 		if errors.Is(err, errHistoryChanged) && !immediate {
+			// Once per session that streamed: an upstream that keeps
+			// changing history without ever streaming gets the backoff.
 			immediate = true
 		} else {
 			immediate = false
@@ -398,12 +405,12 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 
 // session runs one connection: handshake, sync, stream. It reports whether
 // it made progress, and why it ended.
-func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal, loop chan struct{}) (progress bool, err error) {
+func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal, loop chan struct{}) (progress, streamed bool, err error) {
 	dctx, dcancel := context.WithTimeout(ctx, r.cfg.linkTimeout)
 	conn, err := r.t.Dial(dctx, addr)
 	dcancel()
 	if err != nil {
-		return false, linkError("dial", addr, err)
+		return false, false, linkError("dial", addr, err)
 	}
 	r.connects.Add(1)
 	r.linkUp.Store(true)
@@ -426,7 +433,7 @@ func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal, l
 		maxFrame:    r.cfg.maxFrameSize,
 	}
 	if _, err := dc.Write(appendHello(nil, h)); err != nil {
-		return false, linkError("handshake", addr, err)
+		return false, false, linkError("handshake", addr, err)
 	}
 
 	s := &replicaSession[V]{
@@ -443,10 +450,11 @@ func (r *Replica[V]) session(ctx context.Context, addr string, synced *signal, l
 	wg.Go(func() { cancel(s.heartbeat(ctx)) })
 	cancel(s.receive())
 	wg.Wait()
+	streamed = s.streaming.Load()
 	if err := context.Cause(ctx); !errors.Is(err, ErrClosed) {
-		return s.progress, err
+		return s.progress, streamed, err
 	}
-	return s.progress, ErrClosed
+	return s.progress, streamed, ErrClosed
 }
 
 // replicaSession is the state of one connection to the primary.
