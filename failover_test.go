@@ -28,6 +28,17 @@ func serveOn(t testing.TB, tr transport.Transport, addr string, serve func(net.L
 	return done
 }
 
+// waitListening waits until n serves k listeners: Serve has registered
+// them (a Serve that starts after a role change returns ErrClosed).
+func waitListening[V any](t testing.TB, n *node[V], k int) {
+	t.Helper()
+	waitFor(t, "Serve under way", func() bool {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return len(n.listeners) == k
+	})
+}
+
 // writeN writes n keys with a prefix.
 func writeN(t testing.TB, p *Primary[int], prefix string, n int) {
 	t.Helper()
@@ -246,6 +257,8 @@ func TestListenersSurviveRoleChanges(t *testing.T) {
 	r := startReplica[int](t, tr, "p")
 	waitSynced(t, r)
 	rServed := serveOn(t, tr, "r", r.Serve)
+	waitListening(t, r.n, 1)
+	waitListening(t, p.n, 1)
 	require.NoError(t, p.Set("a", 1))
 
 	np, err := r.Promote()

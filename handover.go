@@ -86,7 +86,7 @@ func (p *Primary[V]) Handover(ctx context.Context, t transport.Transport, to str
 		p.pause = nil
 		n.writeMu.Unlock()
 		close(h.done)
-		n.log.Warn("handover rolled back", "to", l.name, "err", err)
+		n.logger().Warn("handover rolled back", "to", l.name, "err", err)
 		return nil, fmt.Errorf("replmap: handover to %s rolled back: %w", l.name, err)
 	}
 
@@ -131,7 +131,7 @@ func (p *Primary[V]) Handover(ctx context.Context, t transport.Transport, to str
 	r.mu.Lock()
 	r.start()
 	r.mu.Unlock()
-	n.log.Info("handed over", "to", l.name, "addr", addr, "offset", end, "epoch", epoch)
+	n.logger().Info("handed over", "to", l.name, "addr", addr, "offset", end, "epoch", epoch)
 	return r, nil
 }
 

@@ -36,17 +36,11 @@ func TestHandoverUnderLoad(t *testing.T) {
 		mu      sync.Mutex
 		written = map[string]int{} // every write whose Set returned nil
 		moved   atomic.Int64
-		stop    = make(chan struct{})
 		wg      sync.WaitGroup
 	)
 	for w := range 4 {
 		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for i := 0; ; i++ { // until the handover sends the writer away
 				key := "w" + strconv.Itoa(w) + "-" + strconv.Itoa(i%50)
 				err := p.Set(key, i)
 				var me *MovedError
@@ -77,7 +71,6 @@ func TestHandoverUnderLoad(t *testing.T) {
 	np, err := target.WaitPromoted(ctx)
 	require.NoError(t, err)
 	t.Cleanup(func() { np.Close() })
-	close(stop)
 	wg.Wait()
 	assert.Equal(t, int64(4), moved.Load(), "every writer was told where the primary went")
 

@@ -163,10 +163,10 @@ func (n *node[V]) serveLink(conn net.Conn) {
 	l, err := n.handshake(ctx, fr, dc, addr, cancel)
 	n.handshakes.Release(1)
 	if err != nil {
-		n.log.Info("replica handshake failed", "addr", addr, "err", linkError("handshake", addr, err))
+		n.logger().Info("replica handshake failed", "addr", addr, "err", linkError("handshake", addr, err))
 		return
 	}
-	log := n.log.With("replica", l.name, "addr", addr)
+	log := n.logger().With("replica", l.name, "addr", addr)
 	log.Debug("replica connected", "partial", l.cur != nil, "offset", l.sent.Load())
 
 	var wg sync.WaitGroup
@@ -210,7 +210,7 @@ func (n *node[V]) handshake(ctx context.Context, fr *frameReader, w io.Writer, a
 	}
 	if mine := n.maxEpoch.Load(); h.epoch > mine {
 		if n.currentRole() == rolePrimary && !n.stale.Swap(true) {
-			n.log.Warn("a replica has seen a newer epoch: this primary is stale and refuses writes", "epoch", mine, "replica_epoch", h.epoch, "addr", addr)
+			n.logger().Warn("a replica has seen a newer epoch: this primary is stale and refuses writes", "epoch", mine, "replica_epoch", h.epoch, "addr", addr)
 		}
 		return refuse(codeStaleEpoch, fmt.Errorf("%w: replica has seen epoch %d, this node is at %d", ErrStaleEpoch, h.epoch, mine))
 	}

@@ -27,7 +27,7 @@ import (
 // the handle that owns it last.
 type node[V any] struct {
 	cfg config
-	log *slog.Logger
+	log atomic.Pointer[slog.Logger] // the owner's: replaced by role changes
 
 	// cur is what reads see: the store, its backlog (whose end is the
 	// offset) and its history. It is replaced whole, under writeMu: by a
@@ -125,6 +125,8 @@ func newNode[V any](cfg config, r role, d *dataset[V]) *node[V] {
 
 func (n *node[V]) data() *dataset[V] { return n.cur.Load() }
 
+func (n *node[V]) logger() *slog.Logger { return n.log.Load() }
+
 // setOwner makes h the handle that owns the node, in role r.
 func (n *node[V]) setOwner(h any, r role) {
 	n.mu.Lock()
@@ -178,7 +180,7 @@ func (n *node[V]) serve(l net.Listener) error {
 			var te interface{ Temporary() bool }
 			if errors.As(err, &te) && te.Temporary() {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				n.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				n.logger().Warn("accept failed; retrying", "err", err, "delay", delay)
 				select {
 				case <-time.After(delay):
 					continue
@@ -192,7 +194,7 @@ func (n *node[V]) serve(l net.Listener) error {
 		if !n.handshakes.TryAcquire(1) {
 			// Too many connections are still in their handshake: shed
 			// this one rather than let a flood of them hold memory.
-			n.log.Warn("too many pending handshakes; connection refused", "addr", conn.RemoteAddr(), "limit", n.cfg.maxHandshakes)
+			n.logger().Warn("too many pending handshakes; connection refused", "addr", conn.RemoteAddr(), "limit", n.cfg.maxHandshakes)
 			conn.Close()
 			continue
 		}

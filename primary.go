@@ -64,7 +64,7 @@ func NewPrimary[V any](opts ...Option) (*Primary[V], error) {
 // newPrimaryHandle makes a Primary the owner of n.
 func newPrimaryHandle[V any](n *node[V], cfg config) *Primary[V] {
 	p := &Primary[V]{n: n, cfg: cfg, closedCh: make(chan struct{})}
-	n.log = cfg.logger.With("primary", n.data().hist.replID[:8])
+	n.log.Store(cfg.logger.With("primary", n.data().hist.replID[:8]))
 	n.setOwner(p, rolePrimary)
 	return p
 }

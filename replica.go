@@ -131,7 +131,7 @@ func newReplicaHandle[V any](n *node[V], t transport.Transport, primaryAddr stri
 		closedCh:  make(chan struct{}),
 	}
 	r.log = cfg.logger.With("replica", name)
-	n.log = r.log
+	n.log.Store(r.log)
 	n.stale.Store(false)
 	n.setOwner(r, roleReplica)
 	r.state.Store(StateConnecting)
@@ -803,11 +803,20 @@ func (s *replicaSession[V]) failover(payload []byte) error {
 		s.r.log.Warn("handover refused", "err", err)
 		return nil
 	}
+	s.streaming.Store(false) // no more ACKs: this node writes its own history now
 	s.wmu.Lock()
 	_, err = s.w.Write(appendStringFrame(nil, framePromoted, p.ReplID()))
 	s.wmu.Unlock()
 	if err != nil {
 		s.r.log.Warn("promoted, but could not tell the old primary", "err", err)
+		return errPromoted
 	}
-	return errPromoted
+	// Let the old primary close the link once it has read PROMOTED: a
+	// close from this end could race its reading of it. Whatever else
+	// comes (keep-alives) is ignored; the link timeout bounds the wait.
+	for {
+		if _, _, _, err := s.next(); err != nil {
+			return errPromoted
+		}
+	}
 }

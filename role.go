@@ -88,7 +88,7 @@ func (r *Replica[V]) promote(cfg config, opts []Option, epoch uint64) *Primary[V
 	r.promoted = p
 	r.promotion.fire()
 	r.closeHandle()
-	n.log.Info("promoted", "offset", d.offset(), "epoch", epoch, "continues", d.hist.replID)
+	n.logger().Info("promoted", "offset", d.offset(), "epoch", epoch, "continues", d.hist.replID)
 	return p
 }
 
@@ -176,6 +176,6 @@ func (p *Primary[V]) Demote(t transport.Transport, primaryAddr string, opts ...O
 	r.mu.Lock()
 	r.start()
 	r.mu.Unlock()
-	n.log.Info("demoted", "offset", n.data().offset(), "following", primaryAddr)
+	n.logger().Info("demoted", "offset", n.data().offset(), "following", primaryAddr)
 	return r, nil
 }

@@ -227,19 +227,14 @@ type offsetWaits struct {
 	n       atomic.Int32
 	mu      sync.Mutex
 	waiters map[chan struct{}]uint64
-	closed  bool
 }
 
 // add registers a waiter for offset; its channel is closed once the
-// offset is reached or the waits are closed.
+// offset is reached.
 func (o *offsetWaits) add(offset uint64) chan struct{} {
 	ch := make(chan struct{})
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.closed {
-		close(ch)
-		return ch
-	}
 	if o.waiters == nil {
 		o.waiters = make(map[chan struct{}]uint64)
 	}
@@ -270,25 +265,5 @@ func (o *offsetWaits) notify(off uint64) {
 			delete(o.waiters, ch)
 			o.n.Add(-1)
 		}
-	}
-}
-
-// reset reopens the waits after closeAll, for a node handed to a new
-// Replica (Demote).
-func (o *offsetWaits) reset() {
-	o.mu.Lock()
-	o.closed = false
-	o.mu.Unlock()
-}
-
-// closeAll releases every waiter and every later one until reset.
-func (o *offsetWaits) closeAll() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.closed = true
-	for ch := range o.waiters {
-		close(ch)
-		delete(o.waiters, ch)
-		o.n.Add(-1)
 	}
 }
