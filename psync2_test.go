@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"reflect"
 	"slices"
@@ -620,4 +621,127 @@ func (s *psync2Run) closeAll() {
 			s.t.Errorf("%s: Serve did not return after Close", nd.name)
 		}
 	}
+}
+
+// TestPSYNC2HandoverUnderReconnects swaps the roles of two nodes, a and b,
+// back and forth while b's two sub-replicas, c and d, reconnect to b
+// without pause (their links are cut in a loop): every role change of b
+// then meets handshakes under way on b. No write is made, so every resync
+// is partial, and at the end all four nodes converge.
+func TestPSYNC2HandoverUnderReconnects(t *testing.T) {
+	if os.Getenv("REPLMAP_PSYNC2_HANDOVER") == "" {
+		// Skipped until the library's node.log is safe to replace while
+		// links run: under -race this test reports, within a few swaps,
+		// the data race between Promote/Demote (newPrimaryHandle and
+		// newReplicaHandle write n.log) and serveLink (reads n.log after
+		// a handshake) that TestPSYNC2 hits about once in 1,500 cycles.
+		// Without -race it passes. Run it with
+		//	REPLMAP_PSYNC2_HANDOVER=1 go test -race -run 'TestPSYNC2HandoverUnderReconnects$' .
+		t.Skip("set REPLMAP_PSYNC2_HANDOVER=1: reproduces a data race on node.log under -race")
+	}
+	const swaps = 100
+	tr := transport.NewInmem()
+	logs := newRingLog(500)
+	defer func() {
+		if t.Failed() {
+			t.Logf("last log lines:\n%s", logs)
+		}
+	}()
+	opts := func(name string) []Option {
+		return []Option{
+			WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)),
+			WithReplicaName(name),
+			WithReconnectBackoff(time.Millisecond, 5*time.Millisecond),
+		}
+	}
+	var handles []interface{ Close() error }
+	var served []chan error
+	defer func() {
+		for _, h := range handles {
+			assert.NoError(t, h.Close())
+		}
+		for _, ch := range served {
+			assert.ErrorIs(t, <-ch, ErrClosed)
+		}
+	}()
+	serve := func(name string, s func(l net.Listener) error) {
+		l, err := tr.Listen(name)
+		require.NoError(t, err)
+		ch := make(chan error, 1)
+		served = append(served, ch)
+		go func() { ch <- s(l) }()
+	}
+
+	a, err := NewPrimary[string](opts("a")...)
+	require.NoError(t, err)
+	handles = append(handles, a)
+	serve("a", a.Serve)
+	require.NoError(t, a.Set("k", "v"))
+	b, err := NewReplica[string](tr, "a", opts("b")...)
+	require.NoError(t, err)
+	handles = append(handles, b)
+	serve("b", b.Serve)
+	waitSynced(t, b)
+	var subs []*Replica[string]
+	for _, name := range []string{"c", "d", "e", "f", "g", "h"} {
+		r, err := NewReplica[string](tr, "b", opts(name)...)
+		require.NoError(t, err)
+		handles = append(handles, r)
+		subs = append(subs, r)
+	}
+	for _, r := range subs {
+		waitSynced(t, r)
+	}
+	full := func() uint64 { return a.n.fullSyncs.Load() + b.n.fullSyncs.Load() }
+	require.EqualValues(t, 1+len(subs), full(), "the initial syncs")
+
+	ctx, stop := context.WithCancel(context.Background())
+	var cutter sync.WaitGroup
+	cutter.Go(func() {
+		for ctx.Err() == nil {
+			tr.Cut("b")
+			time.Sleep(50 * time.Microsecond)
+		}
+	})
+	defer func() {
+		stop()
+		cutter.Wait()
+	}()
+
+	// p is the primary and r its replica; each swap promotes r and
+	// demotes p to follow it, once r, c and d have all caught up with p's
+	// history: a replica left two histories behind would rightly
+	// full-sync (a node remembers only the history its own continues).
+	pName, rName := "a", "b"
+	p, r := a, b
+	for range swaps {
+		waitFor(t, "every replica in "+pName+"'s history", func() bool {
+			for _, x := range append([]*Replica[string]{r}, subs...) {
+				if info := x.Info(); info.ReplID != p.ReplID() || info.Offset != p.Offset() {
+					return false
+				}
+			}
+			return true
+		})
+		np, err := r.Promote()
+		require.NoError(t, err)
+		handles = append(handles, np)
+		nr, err := p.Demote(tr, rName)
+		require.NoError(t, err)
+		handles = append(handles, nr)
+		p, r = np, nr
+		pName, rName = rName, pName
+	}
+	stop()
+	cutter.Wait()
+
+	waitFor(t, "convergence", func() bool {
+		for _, x := range append([]*Replica[string]{r}, subs...) {
+			if x.Info().ReplID != p.ReplID() || converged(p, x) != nil {
+				return false
+			}
+		}
+		return true
+	})
+	assert.EqualValues(t, 1+len(subs), full(), "full syncs served: every resync after the initial ones should be partial")
 }
