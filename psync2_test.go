@@ -627,18 +627,9 @@ func (s *psync2Run) closeAll() {
 // back and forth while b's two sub-replicas, c and d, reconnect to b
 // without pause (their links are cut in a loop): every role change of b
 // then meets handshakes under way on b. No write is made, so every resync
-// is partial, and at the end all four nodes converge.
+// is partial, and at the end all four nodes converge. Under -race it
+// caught the node's logger being replaced unsynchronised by role changes.
 func TestPSYNC2HandoverUnderReconnects(t *testing.T) {
-	if os.Getenv("REPLMAP_PSYNC2_HANDOVER") == "" {
-		// Skipped until the library's node.log is safe to replace while
-		// links run: under -race this test reports, within a few swaps,
-		// the data race between Promote/Demote (newPrimaryHandle and
-		// newReplicaHandle write n.log) and serveLink (reads n.log after
-		// a handshake) that TestPSYNC2 hits about once in 1,500 cycles.
-		// Without -race it passes. Run it with
-		//	REPLMAP_PSYNC2_HANDOVER=1 go test -race -run 'TestPSYNC2HandoverUnderReconnects$' .
-		t.Skip("set REPLMAP_PSYNC2_HANDOVER=1: reproduces a data race on node.log under -race")
-	}
 	const swaps = 100
 	tr := transport.NewInmem()
 	logs := newRingLog(500)
