@@ -67,10 +67,11 @@ type config struct {
 	syncKeys       int           // W5–W7: keys in the primary
 	w6Rate         int           // W6: Sets per second during the sync
 	resyncWrites   int           // W8: writes while the link is cut
+	failoverKeys   int           // W9, W10: keys in the primary
 	valueSize      int
 }
 
-var workloadIDs = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"}
+var workloadIDs = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"}
 
 func parseFlags(args []string, out io.Writer) (config, error) {
 	var c config
@@ -80,7 +81,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary for -redis")
 	fs.StringVar(&c.redisBenchmark, "redis-benchmark", "redis-benchmark", "redis-benchmark binary for Redis's writes in W1 and W2 (\"\" to write with go-redis)")
 	fs.IntVar(&c.runs, "runs", 1, "runs of each workload; the table shows medians")
-	only := fs.String("only", "", "comma-separated workloads to run (default all: W1,...,W8)")
+	only := fs.String("only", "", "comma-separated workloads to run (default all: W1,...,W10)")
 	fs.StringVar(&c.out, "out", ".", "directory for results.md and results.json (\"\" for none)")
 	fs.BoolVar(&c.verbose, "v", false, "show the replica processes' logs")
 	fs.StringVar(&c.profileDir, "cpuprofile", "", "write CPU profiles of this process and every replica process to this directory")
@@ -93,6 +94,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.syncKeys, "sync-keys", 1_000_000, "W5-W7: keys in the primary")
 	fs.IntVar(&c.w6Rate, "w6-rate", 20_000, "W6: Sets per second during the full sync")
 	fs.IntVar(&c.resyncWrites, "resync-writes", 10_000, "W8: writes while the link is cut")
+	fs.IntVar(&c.failoverKeys, "failover-keys", 1_000_000, "W9, W10: keys in the primary")
 	fs.IntVar(&c.valueSize, "value-size", 100, "bytes per value")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -115,6 +117,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		"-runs": c.runs, "-writes": c.writes, "-keyspace": c.keyspace, "-writers": c.writers,
 		"-latency-ops": c.latencyOps, "-ack-workers": c.ackWorkers, "-sync-keys": c.syncKeys,
 		"-w6-rate": c.w6Rate, "-resync-writes": c.resyncWrites, "-value-size": c.valueSize,
+		"-failover-keys": c.failoverKeys,
 	} {
 		if v <= 0 {
 			return c, fmt.Errorf("%s must be positive, got %d", name, v)
@@ -232,6 +235,16 @@ type system interface {
 	caughtUp(ctx context.Context) error
 	// partialSyncs counts the partial resyncs the primary has served.
 	partialSyncs(ctx context.Context) (int, error)
+	// failover kills the primary, promotes the first replica and
+	// re-points the others at it. It returns the time from the kill until
+	// every other replica streams from the new primary, and the full
+	// syncs that took (W9).
+	failover(ctx context.Context) (time.Duration, int, error)
+	// handover hands the primary role to the first replica and returns
+	// the time from the call until the old primary streams from the new
+	// one, and the full syncs that took (W10); ok is false for a system
+	// that has no handover to measure.
+	handover(ctx context.Context) (d time.Duration, fulls int, ok bool, err error)
 }
 
 func machineDescription() string {

@@ -32,7 +32,7 @@ func TestRunSmall(t *testing.T) {
 	var out, progress bytes.Buffer
 	err := run(t.Context(), []string{
 		"-writes", "2000", "-keyspace", "1500", "-latency-ops", "200", "-ack-time", "200ms",
-		"-sync-keys", "2000", "-resync-writes", "300", "-out", dir,
+		"-sync-keys", "2000", "-resync-writes", "300", "-failover-keys", "2000", "-out", dir,
 	}, &out, &progress)
 	require.NoError(t, err, progress.String())
 
@@ -47,7 +47,10 @@ func TestRunSmall(t *testing.T) {
 	require.Len(t, res.Rows, len(rows))
 	for _, r := range res.Rows {
 		assert.Len(t, r.Replmap, 1, r.ID)
-		if !strings.HasSuffix(r.ID, "RSS") { // RSS can shrink between readings
+		switch {
+		case strings.HasSuffix(r.ID, "full syncs"):
+			assert.Zero(t, r.ReplmapMedian, "%s: a failover or handover without a full sync", r.ID)
+		case !strings.HasSuffix(r.ID, "RSS"): // RSS can shrink between readings
 			assert.Positive(t, r.ReplmapMedian, r.ID)
 		}
 	}
@@ -67,11 +70,12 @@ func TestRunSmallRedis(t *testing.T) {
 	var out, progress bytes.Buffer
 	err := run(t.Context(), []string{
 		"-redis", "-writes", "2000", "-keyspace", "500", "-latency-ops", "200", "-ack-time", "200ms",
-		"-sync-keys", "2000", "-resync-writes", "500", "-out", "",
+		"-sync-keys", "2000", "-resync-writes", "500", "-failover-keys", "2000", "-out", "",
 	}, &out, &progress)
 	require.NoError(t, err, progress.String())
 	for _, line := range strings.Split(out.String(), "\n") {
-		if strings.HasPrefix(line, "| W") && !strings.Contains(line, "RSS") {
+		// Redis has no handover measured here (W10).
+		if strings.HasPrefix(line, "| W") && !strings.Contains(line, "RSS") && !strings.HasPrefix(line, "| W10") {
 			cells := strings.Split(line, "|")
 			assert.NotEqual(t, "—", strings.TrimSpace(cells[4]), "no Redis figure: %s", line)
 		}
@@ -80,7 +84,7 @@ func TestRunSmallRedis(t *testing.T) {
 
 func TestFlagsAreChecked(t *testing.T) {
 	for _, args := range [][]string{
-		{"-only", "W9"},
+		{"-only", "W11"},
 		{"-runs", "0"},
 		{"-ack-time", "-1s"},
 		{"extra"},

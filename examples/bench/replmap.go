@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -201,6 +202,74 @@ func (s *replmapSystem) partialSyncs(context.Context) (int, error) {
 	return int(s.p.Info().PartialSyncs), nil
 }
 
+// failover closes the primary (its replicas see their links drop, as at
+// a crash), promotes the first replica process and re-points the second.
+func (s *replmapSystem) failover(ctx context.Context) (time.Duration, int, error) {
+	before, err := s.fullSyncs(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	s.p.Close()
+	<-s.served
+	s.p = nil
+	addr, err := s.replicas[0].call(ctx, "promote")
+	if err != nil {
+		return 0, 0, err
+	}
+	if _, err := s.replicas[1].call(ctx, "follow "+addr); err != nil {
+		return 0, 0, err
+	}
+	took := time.Since(start)
+	after, err := s.fullSyncs(ctx)
+	return took, after - before, err
+}
+
+// handover hands the primary role to the first replica process; the
+// primary becomes a replica of it, and the second replica follows the
+// demoted primary (a chain, as Redis's FAILOVER leaves it).
+func (s *replmapSystem) handover(ctx context.Context) (time.Duration, int, bool, error) {
+	before, err := s.fullSyncs(ctx)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	start := time.Now()
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	d, err := s.p.Handover(hctx, s.tcp, "")
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer d.Close()
+	if err := d.WaitSynced(hctx); err != nil {
+		return 0, 0, false, err
+	}
+	took := time.Since(start)
+	after, err := s.fullSyncs(ctx)
+	after += int(d.Info().FullSyncs)
+	if _, err := s.replicas[0].call(ctx, "waitpromoted"); err != nil {
+		return 0, 0, false, err
+	}
+	return took, after - before, true, err
+}
+
+// fullSyncs adds up the full syncs the replica processes have done.
+func (s *replmapSystem) fullSyncs(ctx context.Context) (int, error) {
+	n := 0
+	for _, rp := range s.replicas {
+		reply, err := rp.call(ctx, "fullsyncs")
+		if err != nil {
+			return 0, err
+		}
+		k, err := strconv.Atoi(reply)
+		if err != nil {
+			return 0, err
+		}
+		n += k
+	}
+	return n, nil
+}
+
 // memoryNow returns the heap in use after a full collection, and the
 // resident set size after returning freed memory to the OS.
 func memoryNow() (heap, rss float64) {
@@ -307,9 +376,15 @@ func (rp *replicaProc) close() error {
 
 // replicaMain is a replica process's main. Commands, one per line:
 //
-//	connect ADDR   start a replica of ADDR; answer once it has synced
+//	connect ADDR   start a replica of ADDR, serving on a loopback port of
+//	               its own (for sub-replicas, and as a primary once
+//	               promoted); answer once it has synced
 //	offset         the replica's offset
 //	mem            heap and RSS growth since the first mem, in bytes
+//	fullsyncs      the full syncs the replica has done
+//	promote        promote the replica; answer with its address
+//	follow ADDR    re-point the replica; answer once it streams from ADDR
+//	waitpromoted   answer once a handover has promoted the replica
 //
 // It exits, closing the replica, when stdin ends.
 func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
@@ -326,6 +401,8 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 		defer stop()
 	}
 	var r *replmap.Replica[[]byte]
+	var p *replmap.Primary[[]byte]
+	var addr string
 	var heap0, rss0 float64
 	baseline := false
 	sc := bufio.NewScanner(in)
@@ -334,7 +411,15 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 		switch {
 		case cmd == "connect" && r == nil:
 			var err error
-			r, err = replmap.NewReplica[[]byte](transport.NewTCP(), arg, replmap.WithLogger(log))
+			tcp := transport.NewTCP()
+			r, err = replmap.NewReplica[[]byte](tcp, arg, replmap.WithLogger(log))
+			if err == nil {
+				var l net.Listener
+				if l, err = tcp.Listen("127.0.0.1:0"); err == nil {
+					addr = l.Addr().String()
+					go r.Serve(l) // returns when the node is closed
+				}
+			}
 			if err == nil {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 				err = r.WaitSynced(ctx)
@@ -347,6 +432,37 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 			fmt.Fprintln(out, "ok")
 		case cmd == "offset" && r != nil:
 			fmt.Fprintf(out, "ok %d\n", r.Offset())
+		case cmd == "fullsyncs" && r != nil:
+			fmt.Fprintf(out, "ok %d\n", r.Info().FullSyncs)
+		case cmd == "promote" && r != nil && p == nil:
+			var err error
+			if p, err = r.Promote(); err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			fmt.Fprintf(out, "ok %s\n", addr)
+		case cmd == "follow" && r != nil && p == nil:
+			err := r.Follow(arg)
+			if err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				err = r.WaitSynced(ctx)
+				cancel()
+			}
+			if err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			fmt.Fprintln(out, "ok")
+		case cmd == "waitpromoted" && r != nil && p == nil:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			var err error
+			p, err = r.WaitPromoted(ctx)
+			cancel()
+			if err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			fmt.Fprintln(out, "ok")
 		case cmd == "mem":
 			heap, rss := memoryNow()
 			if !baseline {
@@ -355,6 +471,12 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 			fmt.Fprintf(out, "ok %.0f %.0f\n", heap-heap0, rss-rss0)
 		default:
 			fmt.Fprintf(out, "err unknown command %q\n", sc.Text())
+		}
+	}
+	if p != nil {
+		if err := p.Close(); err != nil {
+			fmt.Fprintln(stderr, "replica:", err)
+			return 1
 		}
 	}
 	if r != nil {

@@ -84,6 +84,10 @@ var rows = []row{
 	{"W7 primary RSS", "memory per key, primary: RSS", "B", false, "—", target{}},
 	{"W7 replica RSS", "memory per key, replica: RSS", "B", false, "—", target{}},
 	{"W8", "partial resync: link cut, 10k writes, time from heal to caught up", "ms", false, "37 ms", target{abs: 20}},
+	{"W9", "failover, 1M keys: primary killed, one replica promoted, the other re-pointed; time to it streaming", "ms", false, "39 ms", target{abs: 10}},
+	{"W9 full syncs", "full syncs the failover took", "", false, "0", target{}},
+	{"W10", "planned handover, 1M keys: time from the call to the old primary streaming from the new", "ms", false, "—", target{abs: 10}},
+	{"W10 full syncs", "full syncs the handover took", "", false, "—", target{}},
 }
 
 func findRow(id string) row {
@@ -116,6 +120,8 @@ func formatValue(unit string, v float64) string {
 		return fmt.Sprintf("%.2f s", v)
 	case "B":
 		return fmt.Sprintf("%.0f B", v)
+	case "":
+		return fmt.Sprintf("%.0f", v)
 	}
 	return fmt.Sprintf("%g %s", v, unit)
 }

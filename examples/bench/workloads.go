@@ -37,6 +37,49 @@ var workloads = []workload{
 	{[]string{"W4"}, "W4 Set+Wait throughput, concurrent", setWaitThroughput},
 	{[]string{"W8"}, "W8 partial resync", partialResync},
 	{[]string{"W5", "W6", "W7"}, "W5-W7 full sync of a large primary", fullSync},
+	{[]string{"W9"}, "W9 failover after the primary's death", failover},
+	{[]string{"W10"}, "W10 planned handover", handover},
+}
+
+// failover is W9: a primary with cfg.failoverKeys keys and two replicas;
+// kill the primary, promote one replica, re-point the other; the time
+// until the other streams from the new primary, and the full syncs.
+func failover(ctx context.Context, s system, cfg config) (map[string]float64, error) {
+	if err := s.start(ctx, 2, false); err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	if _, _, err := s.fill(ctx, cfg.failoverKeys, cfg.valueSize); err != nil {
+		return nil, err
+	}
+	if err := s.waitReplicas(ctx, 2); err != nil {
+		return nil, err
+	}
+	took, fulls, err := s.failover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]float64{"W9": millis(took), "W9 full syncs": float64(fulls)}, nil
+}
+
+// handover is W10: the same setup, handing the primary role to one
+// replica on purpose; the time until the old primary streams from it.
+func handover(ctx context.Context, s system, cfg config) (map[string]float64, error) {
+	if err := s.start(ctx, 2, false); err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	if _, _, err := s.fill(ctx, cfg.failoverKeys, cfg.valueSize); err != nil {
+		return nil, err
+	}
+	if err := s.waitReplicas(ctx, 2); err != nil {
+		return nil, err
+	}
+	took, fulls, ok, err := s.handover(ctx)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return map[string]float64{"W10": millis(took), "W10 full syncs": float64(fulls)}, nil
 }
 
 // keyNames returns key:0 ... key:n-1.
