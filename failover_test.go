@@ -47,13 +47,8 @@ func writeN(t testing.TB, p *Primary[int], prefix string, n int) {
 	}
 }
 
-// waitStreaming waits until r streams from its current primary.
-func waitStreaming[V any](t testing.TB, r *Replica[V]) {
-	t.Helper()
-	waitFor(t, "replica streaming", func() bool { return r.Info().State == StateStreaming })
-}
-
-// promoteOpts are the options a promoted primary gets in these tests.
+// newPrimaryWithReplicas starts a primary at "p" and n synced replicas of
+// it, named r0, r1, ...
 func newPrimaryWithReplicas(t *testing.T, tr *transport.Inmem, n int) (*Primary[int], []*Replica[int]) {
 	t.Helper()
 	p := startPrimary[int](t, tr, "p")
