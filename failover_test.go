@@ -500,11 +500,7 @@ func TestWaitOffset(t *testing.T) {
 func TestTypeMismatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tr := transport.NewInmem()
-		p, err := NewPrimary[string]()
-		require.NoError(t, err)
-		l, err := tr.Listen("p")
-		require.NoError(t, err)
-		go p.Serve(l)
+		p := startPrimary[string](t, tr, "p")
 		require.NoError(t, p.Set("a", "x"))
 		r, err := NewReplica[int](tr, "p")
 		require.NoError(t, err)
@@ -515,7 +511,6 @@ func TestTypeMismatch(t *testing.T) {
 		// 3 s. Before backoff reset only on progress, it was ~60.
 		assert.LessOrEqual(t, info.Connects, uint64(10))
 		require.NoError(t, r.Close())
-		require.NoError(t, p.Close())
 	})
 }
 
@@ -525,11 +520,7 @@ func TestTypeMismatch(t *testing.T) {
 func TestUndecodableRecordsBackOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tr := transport.NewInmem()
-		p, err := NewPrimary[string]()
-		require.NoError(t, err)
-		l, err := tr.Listen("p")
-		require.NoError(t, err)
-		go p.Serve(l)
+		p := startPrimary[string](t, tr, "p")
 		r, err := NewReplica[string](tr, "p", WithMaxKeySize(64), WithMaxValueSize(100), WithMaxFrameSize(1<<10))
 		require.NoError(t, err)
 		require.NoError(t, r.WaitSynced(t.Context()))
@@ -539,7 +530,6 @@ func TestUndecodableRecordsBackOff(t *testing.T) {
 		assert.ErrorIs(t, info.LastError, ErrTooLarge)
 		assert.LessOrEqual(t, info.Connects, uint64(10))
 		require.NoError(t, r.Close())
-		require.NoError(t, p.Close())
 	})
 }
 

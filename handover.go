@@ -54,11 +54,7 @@ type writePause struct {
 // newer epoch, so p is fenced (ErrStaleEpoch) as soon as a replica that
 // follows it reaches p; give ctx a timeout well above a round trip.
 func (p *Primary[V]) Handover(ctx context.Context, t transport.Transport, to string, opts ...Option) (*Replica[V], error) {
-	if t == nil {
-		return nil, fmt.Errorf("%w: nil transport", ErrInvalidOption)
-	}
-	all := append(append([]Option(nil), p.opts...), opts...)
-	cfg, err := newConfig(all)
+	cfg, all, err := p.replicaConfig(t, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -127,12 +123,8 @@ func (p *Primary[V]) Handover(ctx context.Context, t transport.Transport, to str
 	n.writeMu.Unlock()
 	h.moved = moved
 	close(h.done)
-	r := newReplicaHandle(n, t, addr, cfg, all)
-	r.mu.Lock()
-	r.start()
-	r.mu.Unlock()
 	n.logger().Info("handed over", "to", l.name, "addr", addr, "offset", end, "epoch", epoch)
-	return r, nil
+	return p.becomeReplica(t, addr, cfg, all), nil
 }
 
 // handoverTarget returns the link of the replica named to, or the most

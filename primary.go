@@ -110,6 +110,28 @@ func (p *Primary[V]) closeHandle() {
 
 func (p *Primary[V]) closed() bool { return p.isClosed.Load() }
 
+// lockForWrite takes the node's write lock for a write, waiting out a
+// handover in progress. It returns with the lock held and the data to
+// write to, or with an error and without the lock.
+func (p *Primary[V]) lockForWrite() (*dataset[V], error) {
+	n := p.n
+	for {
+		n.writeMu.Lock()
+		if h := p.pause; h != nil {
+			n.writeMu.Unlock()
+			if err := awaitHandover(h); err != nil {
+				return nil, err
+			}
+			continue // rolled back: try again
+		}
+		if err := p.writable(); err != nil {
+			n.writeMu.Unlock()
+			return nil, err
+		}
+		return n.data(), nil
+	}
+}
+
 // writable reports why a write cannot be made now, under writeMu.
 func (p *Primary[V]) writable() error {
 	switch {
@@ -149,26 +171,14 @@ func (p *Primary[V]) Set(key string, value V) error {
 		if d.store.packed {
 			packedKey, packed = d.store.packEntry(key, value)
 		}
-		for {
-			n.writeMu.Lock()
-			if h := p.pause; h != nil {
-				n.writeMu.Unlock()
-				if err = awaitHandover(h); err != nil {
-					break
-				}
-				continue
+		if d, err = p.lockForWrite(); err == nil {
+			if packed != nil {
+				d.store.setPacked(packedKey, packed)
+			} else {
+				d.store.set(key, value)
 			}
-			d = n.data()
-			if err = p.writable(); err == nil {
-				if packed != nil {
-					d.store.setPacked(packedKey, packed)
-				} else {
-					d.store.set(key, value)
-				}
-				n.appendRecord(d, frame, nil)
-			}
+			n.appendRecord(d, frame, nil)
 			n.writeMu.Unlock()
-			break
 		}
 	}
 	p.putFrameBuf(buf, frame)
@@ -190,24 +200,12 @@ func (p *Primary[V]) Delete(key string) error {
 	frame := appendDelFrame((*buf)[:0], key)
 	n := p.n
 	existed := false
-	var err error
-	for {
-		n.writeMu.Lock()
-		if h := p.pause; h != nil {
-			n.writeMu.Unlock()
-			if err = awaitHandover(h); err != nil {
-				break
-			}
-			continue
-		}
-		d := n.data()
-		if err = p.writable(); err == nil {
-			if existed = d.store.delete(key); existed {
-				n.appendRecord(d, frame, nil)
-			}
+	d, err := p.lockForWrite()
+	if err == nil {
+		if existed = d.store.delete(key); existed {
+			n.appendRecord(d, frame, nil)
 		}
 		n.writeMu.Unlock()
-		break
 	}
 	p.putFrameBuf(buf, frame)
 	if existed {

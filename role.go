@@ -153,15 +153,10 @@ func (r *Replica[V]) Follow(primaryAddr string) error {
 // to p.Serve are served by the Replica from then on, so p's replicas carry
 // on as its sub-replicas until they are re-pointed.
 func (p *Primary[V]) Demote(t transport.Transport, primaryAddr string, opts ...Option) (*Replica[V], error) {
-	if t == nil {
-		return nil, fmt.Errorf("%w: nil transport", ErrInvalidOption)
-	}
-	all := append(append([]Option(nil), p.opts...), opts...)
-	cfg, err := newConfig(all)
+	cfg, all, err := p.replicaConfig(t, opts)
 	if err != nil {
 		return nil, err
 	}
-	n := p.n
 	p.handoverMu.Lock()
 	defer p.handoverMu.Unlock()
 	if p.closed() {
@@ -169,13 +164,30 @@ func (p *Primary[V]) Demote(t transport.Transport, primaryAddr string, opts ...O
 	}
 	// Close the handle under the write lock, so that no write is half
 	// made: every write either finished before, or sees ErrClosed.
-	n.writeMu.Lock()
+	p.n.writeMu.Lock()
 	p.closeHandle()
-	n.writeMu.Unlock()
-	r := newReplicaHandle(n, t, primaryAddr, cfg, all)
+	p.n.writeMu.Unlock()
+	return p.becomeReplica(t, primaryAddr, cfg, all), nil
+}
+
+// replicaConfig checks the arguments of Demote and Handover and returns
+// the options of the Replica p becomes: p's, with opts on top.
+func (p *Primary[V]) replicaConfig(t transport.Transport, opts []Option) (config, []Option, error) {
+	if t == nil {
+		return config{}, nil, fmt.Errorf("%w: nil transport", ErrInvalidOption)
+	}
+	all := append(append([]Option(nil), p.opts...), opts...)
+	cfg, err := newConfig(all)
+	return cfg, all, err
+}
+
+// becomeReplica hands p's node, once p is closed, to a started Replica of
+// primaryAddr.
+func (p *Primary[V]) becomeReplica(t transport.Transport, primaryAddr string, cfg config, all []Option) *Replica[V] {
+	r := newReplicaHandle(p.n, t, primaryAddr, cfg, all)
 	r.mu.Lock()
 	r.start()
 	r.mu.Unlock()
-	n.logger().Info("demoted", "offset", n.data().offset(), "following", primaryAddr)
-	return r, nil
+	p.n.logger().Info("now a replica", "offset", p.n.data().offset(), "following", primaryAddr)
+	return r
 }

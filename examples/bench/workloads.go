@@ -41,20 +41,31 @@ var workloads = []workload{
 	{[]string{"W10"}, "W10 planned handover", handover},
 }
 
+// startFilled starts a primary with two replicas, fills it with
+// cfg.failoverKeys keys and waits until both replicas have them (W9, W10).
+func startFilled(ctx context.Context, s system, cfg config) error {
+	if err := s.start(ctx, 2, false); err != nil {
+		return err
+	}
+	if _, _, err := s.fill(ctx, cfg.failoverKeys, cfg.valueSize); err != nil {
+		s.stop()
+		return err
+	}
+	if err := s.waitReplicas(ctx, 2); err != nil {
+		s.stop()
+		return err
+	}
+	return nil
+}
+
 // failover is W9: a primary with cfg.failoverKeys keys and two replicas;
 // kill the primary, promote one replica, re-point the other; the time
 // until the other streams from the new primary, and the full syncs.
 func failover(ctx context.Context, s system, cfg config) (map[string]float64, error) {
-	if err := s.start(ctx, 2, false); err != nil {
+	if err := startFilled(ctx, s, cfg); err != nil {
 		return nil, err
 	}
 	defer s.stop()
-	if _, _, err := s.fill(ctx, cfg.failoverKeys, cfg.valueSize); err != nil {
-		return nil, err
-	}
-	if err := s.waitReplicas(ctx, 2); err != nil {
-		return nil, err
-	}
 	took, fulls, err := s.failover(ctx)
 	if err != nil {
 		return nil, err
@@ -65,16 +76,10 @@ func failover(ctx context.Context, s system, cfg config) (map[string]float64, er
 // handover is W10: the same setup, handing the primary role to one
 // replica on purpose; the time until the old primary streams from it.
 func handover(ctx context.Context, s system, cfg config) (map[string]float64, error) {
-	if err := s.start(ctx, 2, false); err != nil {
+	if err := startFilled(ctx, s, cfg); err != nil {
 		return nil, err
 	}
 	defer s.stop()
-	if _, _, err := s.fill(ctx, cfg.failoverKeys, cfg.valueSize); err != nil {
-		return nil, err
-	}
-	if err := s.waitReplicas(ctx, 2); err != nil {
-		return nil, err
-	}
 	took, fulls, ok, err := s.handover(ctx)
 	if err != nil || !ok {
 		return nil, err
