@@ -694,3 +694,24 @@ func TestReplicaRefusesOlderEpoch(t *testing.T) {
 		assert.Equal(t, 1, v)
 	}
 }
+
+func TestSharedPrefix(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		mine, theirs history
+		want         uint64
+		ok           bool
+	}{
+		{"theirs continues mine", history{replID: "a"}, history{replID: "b", replID2: "a", replID2Offset: 7}, 7, true},
+		{"both continue one", history{replID: "z", replID2: "a", replID2Offset: 9}, history{replID: "b", replID2: "a", replID2Offset: 7}, 7, true},
+		{"both continue one, mine shorter", history{replID: "z", replID2: "a", replID2Offset: 5}, history{replID: "b", replID2: "a", replID2Offset: 7}, 5, true},
+		{"unrelated", history{replID: "z", replID2: "y"}, history{replID: "b", replID2: "a"}, 0, false},
+		{"no history", history{}, history{replID: "b"}, 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, ok := sharedPrefix(c.mine, c.theirs)
+			assert.Equal(t, c.ok, ok)
+			assert.Equal(t, c.want, got)
+		})
+	}
+}

@@ -631,14 +631,14 @@ func (s *replicaSession[V]) maybeSwap() error {
 	s.pending = false
 	n.writeMu.Lock()
 	old := n.data()
-	if h := s.target.hist; old.hist.replID != "" && h.replID2 == old.hist.replID && old.offset() > h.replID2Offset {
+	if shared, ok := sharedPrefix(old.hist, s.target.hist); ok && old.offset() > shared {
 		// This replica was ahead of the new primary in the history they
 		// share (a sibling that had writes the promoted one lacked):
 		// those writes are gone now.
-		lost := old.offset() - h.replID2Offset
+		lost := old.offset() - shared
 		r.discarded.Add(lost)
 		r.log.Warn("full sync discarded writes this replica had beyond the new primary's history",
-			"bytes", lost, "history", old.hist.replID, "from", h.replID2Offset, "to", old.offset())
+			"bytes", lost, "history", old.hist.replID, "from", shared, "to", old.offset())
 	}
 	n.swap(s.target)
 	n.writeMu.Unlock()
@@ -648,6 +648,21 @@ func (s *replicaSession[V]) maybeSwap() error {
 	s.startStreaming()
 	// Tell the primary at once, so a Wait need not wait for a heartbeat.
 	return s.writeAck()
+}
+
+// sharedPrefix returns how far the replica's history mine and the
+// primary's history theirs are known to share a prefix: theirs continues
+// mine, or both continue the same earlier history.
+func sharedPrefix(mine, theirs history) (uint64, bool) {
+	switch {
+	case mine.replID == "":
+		return 0, false
+	case theirs.replID2 == mine.replID:
+		return theirs.replID2Offset, true
+	case mine.replID2 != "" && theirs.replID2 == mine.replID2:
+		return min(mine.replID2Offset, theirs.replID2Offset), true
+	}
+	return 0, false
 }
 
 func (s *replicaSession[V]) startStreaming() {

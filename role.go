@@ -12,7 +12,10 @@ import (
 // ReplID2 is r's ReplID up to r.Offset(), so every replica that holds a
 // prefix of r's history resumes from it with a partial resync. Its epoch
 // is one more than the highest r has seen, or [WithEpoch]'s, which must be
-// higher than that (ErrStaleEpoch otherwise). Its options are r's, with
+// higher than that (ErrStaleEpoch otherwise). After a double failure (a
+// primary promoted and lost before r reached it) r may not have seen the
+// latest epoch, so that default can repeat it: a coordinator should pass
+// an epoch above every one it has handed out. Its options are r's, with
 // opts applied on top (so [WithMinReplicas] can be given here).
 //
 // Listeners given to r.Serve are served by the Primary from then on, and
