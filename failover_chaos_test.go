@@ -232,8 +232,9 @@ type foGen struct {
 	m         *foMember
 	hist      *foHist
 	addr      string
-	deposed   atomic.Bool // set before the kill: Waits that return before it count
-	contacted atomic.Bool // a replica of a newer epoch was sent to it
+	deposed   atomic.Bool  // set before the kill: Waits that return before it count
+	contacted atomic.Bool  // a replica of a newer epoch was sent to it
+	inflight  atomic.Int64 // writers in a write or Wait on it, having found it current
 }
 
 // foHist is one history: the writes its primary made (by the write hook)
@@ -297,11 +298,12 @@ type foAck struct {
 
 // foWaitObs is the nodes' positions right after a Wait returned k.
 type foWaitObs struct {
-	hist   string
-	target uint64
-	k      int
-	self   *foMember
-	pos    map[*foMember]foPos
+	hist    string
+	target  uint64
+	k       int
+	self    *foMember
+	pos     map[*foMember]foPos
+	excused map[*foMember]bool // rejoining since the Wait began: may have thrown the writes away
 }
 
 // foSample is one read of a node's data, between two readings of its
@@ -625,36 +627,51 @@ func (c *failoverRun) writer(ctx context.Context, id int, pinned *foGen, rng *ra
 	for seq := 0; ctx.Err() == nil; seq++ {
 		g := pinned
 		if g == nil {
+			// Registered before the second look, so that a come-back,
+			// which runs after the primary moved on, waits for it.
 			g = c.cur.Load()
-		}
-		key := "k" + strconv.Itoa(rng.IntN(failoverKeys))
-		ack := foAck{hist: g.hist.replID, key: key, del: rng.IntN(6) == 0, gen: g.g}
-		var err error
-		if ack.del {
-			err = g.p.Delete(key)
-		} else {
-			ack.value = fmt.Sprintf("g%d.w%d.%d", g.g, id, seq)
-			err = g.p.Set(key, ack.value)
-		}
-		if err != nil {
-			c.writeRefused(g, err)
-			pause(rng)
-			continue
-		}
-		c.count("writes", 1)
-		if rng.IntN(3) == 0 {
-			ack.target = g.p.Offset()
-			k, err := g.p.Wait(1, time.Duration(1+rng.IntN(20))*time.Millisecond)
-			ack.strong = !g.deposed.Load()
-			c.count("waits", 1)
-			switch {
-			case err != nil && (ack.strong || !errors.Is(err, ErrClosed)):
-				c.fail("Wait on generation %d (deposed %v): %v", g.g, !ack.strong, err)
-			case err == nil && k >= 1:
-				c.acked(ack, g, k)
+			g.inflight.Add(1)
+			if c.cur.Load() != g {
+				g.inflight.Add(-1)
+				continue
 			}
 		}
+		c.writeOnce(g, id, seq, rng)
+		if pinned == nil {
+			g.inflight.Add(-1)
+		}
 		pause(rng)
+	}
+}
+
+// writeOnce makes one write to g, then perhaps waits for a replica.
+func (c *failoverRun) writeOnce(g *foGen, id, seq int, rng *rand.Rand) {
+	key := "k" + strconv.Itoa(rng.IntN(failoverKeys))
+	ack := foAck{hist: g.hist.replID, key: key, del: rng.IntN(6) == 0, gen: g.g}
+	var err error
+	if ack.del {
+		err = g.p.Delete(key)
+	} else {
+		ack.value = fmt.Sprintf("g%d.w%d.%d", g.g, id, seq)
+		err = g.p.Set(key, ack.value)
+	}
+	if err != nil {
+		c.writeRefused(g, err)
+		return
+	}
+	c.count("writes", 1)
+	if rng.IntN(3) == 0 {
+		ack.target = g.p.Offset()
+		rejoins := c.rejoinCounts()
+		k, err := g.p.Wait(1, time.Duration(1+rng.IntN(20))*time.Millisecond)
+		ack.strong = !g.deposed.Load()
+		c.count("waits", 1)
+		switch {
+		case err != nil && (ack.strong || !errors.Is(err, ErrClosed)):
+			c.fail("Wait on generation %d (deposed %v): %v", g.g, !ack.strong, err)
+		case err == nil && k >= 1:
+			c.acked(ack, g, k, rejoins)
+		}
 	}
 }
 
@@ -675,11 +692,28 @@ func (c *failoverRun) writeRefused(g *foGen, err error) {
 	c.count("writes refused", 1)
 }
 
+// rejoinCounts returns every node's rejoin count.
+func (c *failoverRun) rejoinCounts() map[*foMember]uint64 {
+	counts := make(map[*foMember]uint64)
+	for _, m := range c.memberList() {
+		counts[m] = m.rejoins.Load()
+	}
+	return counts
+}
+
 // acked records a Wait that returned k >= 1 with every node's position.
-func (c *failoverRun) acked(ack foAck, g *foGen, k int) {
-	obs := foWaitObs{hist: ack.hist, target: ack.target, k: k, self: g.m, pos: make(map[*foMember]foPos)}
+// A node that has begun a rejoin since the Wait began may have applied
+// the writes, been counted, and thrown them away before its position is
+// read (a minority replica re-pointed while a Wait on its zombie was
+// returning): it is counted as holding them. Its rejoin count goes up
+// before it can throw anything away, so it is read after the position.
+func (c *failoverRun) acked(ack foAck, g *foGen, k int, rejoins map[*foMember]uint64) {
+	obs := foWaitObs{hist: ack.hist, target: ack.target, k: k, self: g.m, pos: make(map[*foMember]foPos), excused: make(map[*foMember]bool)}
 	for _, m := range c.memberList() {
 		obs.pos[m] = position(m.n)
+		if m.rejoining.Load() || m.rejoins.Load() != rejoins[m] {
+			obs.excused[m] = true
+		}
 	}
 	c.mu.Lock()
 	c.acks = append(c.acks, ack)
@@ -1001,6 +1035,13 @@ func (c *failoverRun) comeBack(rng *rand.Rand) error {
 	if z.stop != nil {
 		z.stop()
 		z.writer.Wait()
+	}
+	// Writers that found it current before the failover may still be
+	// writing to it: its history must be complete before it is read.
+	if err := waitUntil(fmt.Sprintf("the writers to leave generation %d", z.gen.g), func() bool {
+		return z.gen.inflight.Load() == 0
+	}); err != nil {
+		return err
 	}
 	c.tr.Refuse(z.gen.addr, false)
 	zPos := position(z.gen.m.n)
@@ -1464,13 +1505,16 @@ func (c *failoverRun) check(final *foGen, converged bool) {
 	// Wait never over-counts: k nodes held what it covered.
 	for _, w := range waits {
 		have := 0
+		var seen []string
 		for m, pos := range w.pos {
-			if m != w.self && c.holds(pos, w.hist, w.target) {
+			if m != w.self && (c.holds(pos, w.hist, w.target) || w.excused[m]) {
 				have++
 			}
+			seen = append(seen, fmt.Sprintf("%s@%v (rejoining %v)", m.name, pos, w.excused[m]))
 		}
 		if have < w.k {
-			c.fail("Wait returned %d for %.8s/%d, but only %d nodes held it: %v", w.k, w.hist, w.target, have, w.pos)
+			slices.Sort(seen)
+			c.fail("Wait on %s returned %d for %.8s/%d, but only %d other nodes held it: %v", w.self.name, w.k, w.hist, w.target, have, seen)
 		}
 	}
 
