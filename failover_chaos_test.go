@@ -88,7 +88,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -1063,17 +1062,6 @@ func (c *failoverRun) comeBack(rng *rand.Rand) error {
 	}
 
 	rejoin := []*foMember{z.gen.m}
-	if !demoteZombies() {
-		// See demoteZombies: the zombie is closed, and a new replica
-		// takes its place.
-		c.count("zombies closed (race build)", 1)
-		z.gen.m.dead.Store(true)
-		if err := z.gen.p.Close(); err != nil {
-			return fmt.Errorf("close the primary of generation %d: %w", z.gen.g, err)
-		}
-		c.newReplica(rng, ng)
-		rejoin = rejoin[:0]
-	}
 	if z.minority != nil {
 		rejoin = append(rejoin, z.minority)
 	}
@@ -1139,38 +1127,10 @@ func (c *failoverRun) comeBack(rng *rand.Rand) error {
 		p.Close()
 	}
 	c.rebuildActive()
-	c.event("generation %d's primary %s (%v) came back (demoted %v) under generation %d; rejoined %d nodes",
-		z.gen.g, z.gen.m.name, zPos, demoteZombies(), ng.g, len(rejoin))
+	c.event("generation %d's primary %s (%v) came back demoted under generation %d; rejoined %d nodes",
+		z.gen.g, z.gen.m.name, zPos, ng.g, len(rejoin))
 	return nil
 }
-
-// demoteZombies reports whether a zombie comes back demoted. It does,
-// except under the race detector: Demote (and Promote) replace node.log,
-// a plain field, while goroutines that the node's listeners started read
-// it (serveLink's "replica handshake failed" and its link logger, the
-// handshake's stale-epoch warning, Serve's accept warnings), and R2 keeps
-// those listeners serving across the change; so the race detector
-// reports a data race in seeds that demote a zombie (on some runs only
-// here: the logger's buffer pool, which the detector takes as
-// synchronisation, often orders the two). Closing the zombie instead
-// keeps -race runs meaningful until that is fixed;
-// REPLMAP_FAILOVER_DEMOTE_UNDER_RACE=1 demotes anyway, and
-// TestFailoverStaleContactThenDemote reproduces it on every run.
-func demoteZombies() bool {
-	return !raceBuild() || os.Getenv("REPLMAP_FAILOVER_DEMOTE_UNDER_RACE") == "1"
-}
-
-// raceBuild reports whether the test binary was built with -race.
-var raceBuild = sync.OnceValue(func() bool {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "-race" {
-				return s.Value == "true"
-			}
-		}
-	}
-	return false
-})
 
 // contact sends a replica that has seen the new epoch to the zombie: the
 // zombie must become stale, and the replica must take nothing from it.
@@ -1645,13 +1605,9 @@ func (c *failoverRun) closeAll() {
 // nothing from it; then the old primary is demoted to a replica of the
 // new one and throws its stale write away, counting the bytes.
 //
-// Under -race, Demote reports the data race on node.log described at
-// demoteZombies, so there the test is skipped unless
-// REPLMAP_FAILOVER_RACE_REPRO=1.
+// Under -race it reproduced, on every run, a data race on the node's
+// logger that role changes replaced while the node's listeners read it.
 func TestFailoverStaleContactThenDemote(t *testing.T) {
-	if raceBuild() && os.Getenv("REPLMAP_FAILOVER_RACE_REPRO") != "1" {
-		t.Skip("Demote races on node.log (see demoteZombies); REPLMAP_FAILOVER_RACE_REPRO=1 reproduces it")
-	}
 	// The library's default logger: a logger that formats would hide the
 	// race from the detector (its buffer pool orders the goroutines).
 	quiet := WithLogger(slog.New(slog.DiscardHandler))

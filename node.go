@@ -269,16 +269,24 @@ func (n *node[V]) linkList() []*link[V] { return *n.links.Load() }
 // addLink registers l, replacing an earlier link of the same name: a
 // replica that reconnects, or restarts, before its old link timed out must
 // not be counted twice by Wait. A replica instance whose link was replaced
-// by another instance of the same name, and that comes back, is refused
-// with ErrDuplicateName: two replicas given one name would otherwise evict
-// each other forever.
+// by another instance of the same name, and that comes back while that
+// other instance is connected, is refused with ErrDuplicateName: two
+// replicas given one name would otherwise evict each other forever.
 func (n *node[V]) addLink(l *link[V]) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.replaced[l.name] == l.instance {
-		return fmt.Errorf("%w: %q", ErrDuplicateName, l.name)
-	}
 	cur := n.linkList()
+	if n.replaced[l.name] == l.instance {
+		// Refused only while the instance that took the name over is
+		// still connected: a stale connection of an old instance (a
+		// delayed HELLO) may have been the one to take it over.
+		for _, old := range cur {
+			if old.name == l.name && old.instance != l.instance {
+				return fmt.Errorf("%w: %q", ErrDuplicateName, l.name)
+			}
+		}
+		delete(n.replaced, l.name)
+	}
 	links := make([]*link[V], 0, len(cur)+1)
 	for _, old := range cur {
 		if old.name == l.name {

@@ -255,8 +255,9 @@ func WithLogger(l *slog.Logger) Option {
 // holds one link per name: a new connection with the same name replaces
 // the old one (a replica that reconnects or restarts before its old link
 // timed out is counted once by Wait), and the replica it replaced is
-// refused with [ErrDuplicateName] if it comes back, so two replicas given
-// one name do not take turns evicting each other. The default is random.
+// refused with [ErrDuplicateName] if it comes back while the other is
+// connected, so two replicas given one name do not take turns evicting
+// each other. The default is random.
 // Replica only.
 func WithReplicaName(name string) Option {
 	return optionFunc(func(c *config) { c.replicaName = name })

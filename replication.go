@@ -77,7 +77,7 @@ var (
 	ErrTypeMismatch = errors.New("replmap: value type differs from the primary's")
 
 	// ErrDuplicateName reports a replica refused because another replica
-	// took over its name ([WithReplicaName]) while it was connected: names
+	// took over its name ([WithReplicaName]) and is still connected: names
 	// must be unique among a primary's replicas.
 	ErrDuplicateName = errors.New("replmap: another replica uses this name")
 )
