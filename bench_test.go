@@ -207,7 +207,7 @@ func BenchmarkSnapshot(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			fr := newFrameReader(bytes.NewReader(snapshot), DefaultMaxFrameSize)
-			loader := newSnapshotLoader[[]byte](DefaultMaxKeySize, DefaultMaxValueSize)
+			loader := newSnapshotLoader[[]byte](DefaultMaxKeySize, DefaultMaxValueSize, 0)
 			for {
 				_, payload, _, err := fr.next()
 				if err == io.EOF {

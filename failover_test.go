@@ -715,3 +715,102 @@ func TestSharedPrefix(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapshotSizeCap: a replica refuses a snapshot over its cap, keeps
+// what it had, and says why.
+func TestSnapshotSizeCap(t *testing.T) {
+	tr := transport.NewInmem()
+	p := startPrimary[string](t, tr, "p")
+	for i := range 1000 {
+		require.NoError(t, p.Set("key"+strconv.Itoa(i), "a value of some thirty bytes.."))
+	}
+	capped := startReplica[string](t, tr, "p", WithMaxSnapshotSize(10<<10))
+	roomy := startReplica[string](t, tr, "p", WithMaxSnapshotSize(1<<20))
+	waitSynced(t, roomy)
+	waitFor(t, "refusal", func() bool { return errors.Is(capped.Info().LastError, ErrTooLarge) })
+	assert.Zero(t, capped.Len())
+	assert.Zero(t, capped.Info().FullSyncs)
+	_, err := NewReplica[string](tr, "p", WithMaxSnapshotSize(-1))
+	assert.ErrorIs(t, err, ErrInvalidOption)
+}
+
+// TestReadBufferShrinks: a frame reader lets go of the buffer a huge frame
+// needed once a small one follows.
+func TestReadBufferShrinks(t *testing.T) {
+	var in bytes.Buffer
+	in.Write(appendFrame(nil, frameChunk, make([]byte, 4<<20)))
+	in.Write(appendFrame(nil, framePing, nil))
+	fr := newFrameReader(&in, 8<<20)
+	_, _, _, err := fr.next()
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, cap(fr.buf), 4<<20)
+	typ, _, _, err := fr.next()
+	require.NoError(t, err)
+	assert.Equal(t, framePing, typ)
+	assert.LessOrEqual(t, cap(fr.buf), maxKeptReadBuffer)
+}
+
+// TestInboundFrameLimit: a node reads its replicas' frames with a small
+// limit, not the data limit: a replica sending a large frame is dropped.
+func TestInboundFrameLimit(t *testing.T) {
+	tr := transport.NewInmem()
+	// No timeout can drop the link during the test: only the frame.
+	p := startPrimary[int](t, tr, "p", WithHeartbeat(time.Hour), WithLinkTimeout(3*time.Hour))
+	conn, err := tr.Dial(t.Context(), "p")
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write(handHello[int]("big"))
+	require.NoError(t, err)
+	waitFor(t, "the link", func() bool { return len(p.Info().Replicas) == 1 })
+	_, err = conn.Write(appendFrame(nil, framePing, make([]byte, 2*maxInboundFrame)))
+	require.NoError(t, err)
+	waitFor(t, "the link dropped", func() bool { return len(p.Info().Replicas) == 0 })
+}
+
+// TestWaitRecountsAfterReplacedLink: a Wait(n, 0) woken with n
+// acknowledgements, whose recount finds fewer because a link was replaced
+// in between, waits again instead of returning fewer than n with no error.
+func TestWaitRecountsAfterReplacedLink(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := transport.NewInmem()
+		p := startPrimary[int](t, tr, "p", WithHeartbeat(time.Hour), WithLinkTimeout(10*time.Hour))
+		a := dialHandReplica(t, tr, "p")
+		b := dialHandReplicaNamed(t, tr, "p", "hand-b")
+		synctest.Wait()
+		require.NoError(t, p.Set("x", 1))
+		synctest.Wait()
+		var once sync.Once
+		p.n.testHookWaitWoken = func() {
+			once.Do(func() {
+				// b reconnects: its new link has acknowledged nothing.
+				dialHandReplicaNamed(t, tr, "p", "hand-b")
+				waitLinks := func() bool {
+					for _, l := range p.n.linkList() {
+						if l.name == "hand-b" && l.ack.Load() < 0 {
+							return true
+						}
+					}
+					return false
+				}
+				for !waitLinks() {
+					time.Sleep(time.Millisecond)
+				}
+			})
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		done := make(chan struct{})
+		var k int
+		var err error
+		go func() {
+			defer close(done)
+			k, err = p.WaitContext(ctx, 2)
+		}()
+		synctest.Wait()
+		a.ack(t)
+		b.ack(t)
+		<-done
+		assert.ErrorIs(t, err, context.DeadlineExceeded, "it waited again")
+		assert.Equal(t, 1, k)
+	})
+}

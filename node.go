@@ -71,6 +71,10 @@ type node[V any] struct {
 	// writeMu with each record appended to the stream and the offset it
 	// ends at, so tests can know the data at every offset.
 	testHookWrite func(record []byte, end uint64)
+
+	// testHookWaitWoken, if set, is called by a Wait woken with enough
+	// acknowledgements, before it counts them again.
+	testHookWaitWoken func()
 }
 
 type role int

@@ -94,6 +94,7 @@ type config struct {
 	minReplicas    int
 	minReplicasLag time.Duration
 	advertiseAddr  string
+	maxSnapshot    int64
 }
 
 func newConfig(opts []Option) (config, error) {
@@ -157,6 +158,9 @@ func (c *config) validate() error {
 	}
 	if c.reconnectMin <= 0 || c.reconnectMax < c.reconnectMin {
 		bad("reconnect backoff [%v, %v] is not a positive range", c.reconnectMin, c.reconnectMax)
+	}
+	if c.maxSnapshot < 0 {
+		bad("max snapshot size %d is negative", c.maxSnapshot)
 	}
 	if c.maxHandshakes <= 0 {
 		bad("pending handshake limit %d is not positive", c.maxHandshakes)
@@ -312,4 +316,14 @@ func WithMinReplicas(n int, maxLag time.Duration) Option {
 // only.
 func WithAdvertiseAddr(addr string) Option {
 	return optionFunc(func(c *config) { c.advertiseAddr = addr })
+}
+
+// WithMaxSnapshotSize caps the snapshot a replica accepts in a full sync,
+// counted in the bytes of its entries as they arrive: a larger one fails
+// the sync with [ErrTooLarge] before more is loaded, and the replica keeps
+// serving the data it had (and retries, at its backoff). It bounds the
+// memory a primary, or anything that can pose as one, can make a replica
+// load. Zero, the default, sets no cap. Replica only.
+func WithMaxSnapshotSize(bytes int64) Option {
+	return optionFunc(func(c *config) { c.maxSnapshot = bytes })
 }

@@ -599,7 +599,7 @@ func (s *replicaSession[V]) startSnapshot(full []byte) error {
 	r.state.Store(StateSyncing)
 	r.syncKeys.Store(0)
 	s.start = st
-	s.loader = newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize)
+	s.loader = newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize, r.cfg.maxSnapshot)
 	s.target = &dataset[V]{store: s.loader.store, backlog: newBacklog(r.cfg, st.offset), hist: st.history()}
 	return nil
 }

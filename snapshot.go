@@ -153,16 +153,21 @@ type snapshotLoader[V any] struct {
 	store    *store[V]
 	maxKey   int
 	maxValue int
+	maxBytes int64 // of CHUNK payloads; 0 for no cap
+	bytes    int64
 	crc      uint32
 	count    uint64
 }
 
-func newSnapshotLoader[V any](maxKey, maxValue int) *snapshotLoader[V] {
-	return &snapshotLoader[V]{store: newStore[V](), maxKey: maxKey, maxValue: maxValue}
+func newSnapshotLoader[V any](maxKey, maxValue int, maxBytes int64) *snapshotLoader[V] {
+	return &snapshotLoader[V]{store: newStore[V](), maxKey: maxKey, maxValue: maxValue, maxBytes: maxBytes}
 }
 
 // chunk loads one CHUNK payload.
 func (s *snapshotLoader[V]) chunk(payload []byte) error {
+	if s.bytes += int64(len(payload)); s.maxBytes > 0 && s.bytes > s.maxBytes {
+		return fmt.Errorf("%w: snapshot of more than %d bytes exceeds the %d-byte limit", ErrTooLarge, s.bytes, s.maxBytes)
+	}
 	s.crc = crc32.Update(s.crc, castagnoli, payload)
 	p := parser{b: payload}
 	for len(p.b) > 0 {

@@ -86,6 +86,9 @@ func (p *Primary[V]) waitOnce(ctx context.Context, target uint64, n int) (int, b
 	nd.requestAcks(target)
 	select {
 	case <-w.ready: // n acknowledged, or Close
+		if nd.testHookWaitWoken != nil {
+			nd.testHookWaitWoken()
+		}
 		k := nd.ackCount(target)
 		if k < n && p.closed() {
 			return k, true, ErrClosed

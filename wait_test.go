@@ -218,10 +218,18 @@ type handReplica struct {
 }
 
 func dialHandReplica(t *testing.T, tr transport.Transport, addr string) *handReplica {
+	return dialHandReplicaNamed(t, tr, addr, "hand")
+}
+
+// dialHandReplicaNamed is dialHandReplica for a replica of the given name
+// (and a new instance ID each time).
+func dialHandReplicaNamed(t *testing.T, tr transport.Transport, addr, name string) *handReplica {
 	conn, err := tr.Dial(t.Context(), addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	_, err = conn.Write(handHello[int]("hand"))
+	hello := hello{version: protocolVersion, name: name, instance: randomHex(8),
+		fingerprint: typeFingerprint[int](), maxFrame: DefaultMaxFrameSize}
+	_, err = conn.Write(appendHello(nil, hello))
 	require.NoError(t, err)
 	h := &handReplica{conn: conn, frames: make(chan frameType, 1024)}
 	go func() {
