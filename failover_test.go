@@ -814,3 +814,24 @@ func TestWaitRecountsAfterReplacedLink(t *testing.T) {
 		assert.Equal(t, 1, k)
 	})
 }
+
+// TestAckBeforeSyncIsAProtocolError: an ACK from a replica whose sync
+// has not reached its last frame drops the link.
+func TestAckBeforeSyncIsAProtocolError(t *testing.T) {
+	tr := transport.NewInmem()
+	p := startPrimary[[]byte](t, tr, "p", WithHeartbeat(time.Hour), WithLinkTimeout(3*time.Hour))
+	for i := range 3000 { // a snapshot larger than the 1 MiB the stalled pipe holds
+		require.NoError(t, p.Set("key"+strconv.Itoa(i), make([]byte, 1<<10)))
+	}
+	tr.Stall("p", transport.ToDialer, true) // the snapshot cannot finish
+	defer tr.Stall("p", transport.ToDialer, false)
+	conn, err := tr.Dial(t.Context(), "p")
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write(handHello[[]byte]("early"))
+	require.NoError(t, err)
+	waitFor(t, "the link", func() bool { return len(p.Info().Replicas) == 1 })
+	_, err = conn.Write(appendU64Frame(nil, frameAck, 0))
+	require.NoError(t, err)
+	waitFor(t, "the link dropped", func() bool { return len(p.Info().Replicas) == 0 })
+}

@@ -74,8 +74,7 @@ func TestRunSmallRedis(t *testing.T) {
 	}, &out, &progress)
 	require.NoError(t, err, progress.String())
 	for _, line := range strings.Split(out.String(), "\n") {
-		// Redis has no handover measured here (W10).
-		if strings.HasPrefix(line, "| W") && !strings.Contains(line, "RSS") && !strings.HasPrefix(line, "| W10") {
+		if strings.HasPrefix(line, "| W") && !strings.Contains(line, "RSS") {
 			cells := strings.Split(line, "|")
 			assert.NotEqual(t, "—", strings.TrimSpace(cells[4]), "no Redis figure: %s", line)
 		}

@@ -409,7 +409,30 @@ func (s *redisSystem) fullSyncsServed(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// handover is not measured on Redis here.
-func (s *redisSystem) handover(context.Context) (time.Duration, int, bool, error) {
-	return 0, 0, false, nil
+// handover runs Redis's FAILOVER TO the first replica (Redis 6.2+): the
+// primary pauses writes, lets the replica catch up, and becomes its
+// replica; the time until it streams from it, polled every millisecond.
+func (s *redisSystem) handover(ctx context.Context) (time.Duration, int, bool, error) {
+	before, err := s.fullSyncsServed(ctx)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	target := s.replicas[0]
+	start := time.Now()
+	if err := s.primary.client.Do(ctx, "FAILOVER", "TO", "127.0.0.1", target.port, "TIMEOUT", 10000).Err(); err != nil {
+		return 0, 0, false, fmt.Errorf("FAILOVER: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err = pollUntil(wctx, time.Millisecond, func() (bool, error) {
+		info, err := infoFields(wctx, s.primary.client, "replication")
+		return err == nil && info["role"] == "slave" && info["master_port"] == strconv.Itoa(target.port) &&
+			info["master_link_status"] == "up" && info["master_sync_in_progress"] == "0", err
+	})
+	if err != nil {
+		return 0, 0, false, err
+	}
+	took := time.Since(start)
+	after, err := s.fullSyncsServed(ctx)
+	return took, after - before, true, err
 }

@@ -86,7 +86,7 @@ var rows = []row{
 	{"W8", "partial resync: link cut, 10k writes, time from heal to caught up", "ms", false, "37 ms", target{abs: 20}},
 	{"W9", "failover, 1M keys: primary killed, one replica promoted, the other re-pointed; time to it streaming", "ms", false, "39 ms", target{abs: 10}},
 	{"W9 full syncs", "full syncs the failover took", "", false, "0", target{}},
-	{"W10", "planned handover, 1M keys: time from the call to the old primary streaming from the new", "ms", false, "—", target{abs: 10}},
+	{"W10", "planned handover (Redis: FAILOVER TO), 1M keys: time from the call to the old primary streaming from the new", "ms", false, "—", target{abs: 10}},
 	{"W10 full syncs", "full syncs the handover took", "", false, "—", target{}},
 }
 
