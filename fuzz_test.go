@@ -88,12 +88,15 @@ func equalFrames(a, b [][]byte) bool {
 	return true
 }
 
-// FuzzHandshake parses arbitrary HELLO, FULL/CONTINUE, END, ACK and ERROR
-// payloads: errors, never panics, and round trips what parses.
+// FuzzHandshake parses arbitrary HELLO, FULL/CONTINUE, END, ACK, ERROR,
+// FAILOVER, LISTEN and PROMOTED payloads: errors, never panics, and round
+// trips what parses.
 func FuzzHandshake(f *testing.F) {
 	f.Add(appendHello(nil, hello{version: protocolVersion, replID: "abc", offset: 7, name: "r", instance: "i", epoch: 3, fingerprint: 9, maxFrame: 1 << 20})[5:])
 	f.Add(appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 99, epoch: 2, replID2: "def", replID2Offset: 50})[5:])
 	f.Add(appendSnapshotEnd(nil, snapshotEnd{count: 1, crc: 2, offset: 3})[5:])
+	f.Add(appendFailover(nil, 1234, 5)[5:])
+	f.Add(appendStringFrame(nil, frameListen, "127.0.0.1:7070")[5:])
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		// Parsing copies at most the strings it finds.
 		checkAlloc(t, uint64(4*len(payload))+64<<10, func() {
@@ -118,6 +121,17 @@ func FuzzHandshake(f *testing.F) {
 		if e, err := parseSnapshotEnd(payload); err == nil {
 			if re := appendSnapshotEnd(nil, e); !bytes.Equal(re[5:len(re)-4], payload) {
 				t.Fatalf("END round trip differs")
+			}
+		}
+		if off, epoch, err := parseFailover(payload); err == nil {
+			if re := appendFailover(nil, off, epoch); !bytes.Equal(re[5:len(re)-4], payload) {
+				t.Fatalf("FAILOVER round trip differs")
+			}
+		}
+		if addr, err := parseStringFrame(frameListen, payload); err == nil {
+			re := appendStringFrame(nil, frameListen, addr)
+			if addr2, err := parseStringFrame(frameListen, re[5:len(re)-4]); err != nil || addr2 != addr {
+				t.Fatalf("LISTEN round trip differs: %q vs %q", addr, addr2)
 			}
 		}
 		_, _ = parseU64Frame(frameAck, payload)
@@ -215,6 +229,9 @@ func FuzzReplicaStream(f *testing.F) {
 	f.Add(full.Bytes(), 7)
 	cont := appendSyncStart(nil, frameContinue, syncStart{replID: "old", offset: 5})
 	cont = append(cont, rec1...)
+	shift := append(appendSyncStart(nil, frameContinue, syncStart{replID: "new", offset: 5, epoch: 1, replID2: "old", replID2Offset: 5}), rec1...)
+	shift = append(shift, appendFailover(nil, uint64(5+len(rec1)), 2)...)
+	f.Add(shift, 9)
 	cont = append(cont, getAckFrame...)
 	cont = append(cont, appendDelFrame(nil, "b")...)
 	f.Add(cont, 3)
@@ -247,12 +264,19 @@ func FuzzReplicaStream(f *testing.F) {
 				t.Fatalf("key %q: []byte replica has %q, string replica %q", k, v, w)
 			}
 		}
-		if id := whole.Info().ReplID; id == "old" {
+		switch info := whole.Info(); {
+		case info.ReplID == "old":
 			if v, _ := whole.Get("old"); v != "data" || whole.Offset() < 5 {
 				t.Fatalf("the old data changed without a sync: offset %d", whole.Offset())
 			}
-		} else if whole.Info().FullSyncs != 1 {
-			t.Fatalf("serving %s without a completed full sync", id)
+		case info.FullSyncs == 0:
+			// Only a CONTINUE into a history that continues "old" may
+			// change the ID without a full sync.
+			if info.ReplID2 != "old" || info.ReplID2Offset != 5 || whole.Offset() < 5 {
+				t.Fatalf("serving %s (continuing %q at %d) without a full sync", info.ReplID, info.ReplID2, info.ReplID2Offset)
+			}
+		case info.FullSyncs != 1:
+			t.Fatalf("serving %s after %d full syncs from one input", info.ReplID, info.FullSyncs)
 		}
 	})
 }
