@@ -537,7 +537,8 @@ func (s *replicaSession[V]) checkEpoch(st syncStart) error {
 
 // resume handles CONTINUE: the stream goes on from this replica's offset,
 // in the history it holds or in one that continues it, which the replica
-// then takes on (its old ID becomes ReplID2 up to this offset).
+// then takes on (its old ID becomes ReplID2, up to where the upstream
+// says the histories part).
 func (s *replicaSession[V]) resume(payload []byte) error {
 	n := s.n
 	st, err := parseSyncStart(frameContinue, payload)
@@ -555,13 +556,15 @@ func (s *replicaSession[V]) resume(payload []byte) error {
 		return fmt.Errorf("%w: CONTINUE at %s/%d for a replica at %s/%d",
 			ErrProtocol, st.replID, st.offset, cur.hist.replID, off)
 	}
-	if st.replID != cur.hist.replID || st.epoch != cur.hist.epoch {
-		next := &dataset[V]{store: cur.store, backlog: cur.backlog, hist: history{
-			replID: st.replID, replID2: cur.hist.replID, replID2Offset: off, epoch: st.epoch,
-		}}
-		if st.replID == cur.hist.replID {
-			next.hist.replID2, next.hist.replID2Offset = cur.hist.replID2, cur.hist.replID2Offset
-		}
+	if h := st.history(); h != cur.hist {
+		// The upstream's history continues this replica's (its ReplID2
+		// is the replica's ID, up to an offset at or past the replica's):
+		// take it on whole. Its ReplID2Offset, not this replica's offset,
+		// is where the two really part, so siblings and sub-replicas
+		// that hold the old history up to there can still resume from
+		// this replica, and a later full sync counts exactly what it
+		// discards.
+		next := &dataset[V]{store: cur.store, backlog: cur.backlog, hist: h}
 		n.swap(next)
 		cur = next
 	}
