@@ -145,14 +145,7 @@ func (n *node[V]) currentRole() role {
 }
 
 // seeEpoch raises maxEpoch to e.
-func (n *node[V]) seeEpoch(e uint64) {
-	for {
-		cur := n.maxEpoch.Load()
-		if e <= cur || n.maxEpoch.CompareAndSwap(cur, e) {
-			return
-		}
-	}
-}
+func (n *node[V]) seeEpoch(e uint64) { raise(&n.maxEpoch, e) }
 
 // serve accepts downstream replicas on l until l fails or the node is
 // closed; see Primary.Serve.

@@ -1,0 +1,394 @@
+package replmap
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// The stream on disk: segment files holding exactly the stream's data
+// frames, as sent on the wire, so that an offset on disk is the same
+// offset in the stream.
+//
+//	log-<start offset, 20 decimal digits>.seg
+//	  magic  8 bytes "RMLOG01\n"
+//	  start  u64: the stream offset of the segment's first frame
+//	  crc    u32 CRC-32C of magic and start
+//	  frames the stream's data frames from start on, each with its own
+//	         length and CRC-32C (see frame.go)
+//
+// Segments are contiguous: each starts where the one before ends. Only the
+// last one is written to; it is rotated at a frame boundary once it holds
+// maxSegment bytes, after an fsync, so every segment but the last is
+// always whole on disk.
+//
+// On open, a torn tail of the last segment (a frame cut short, or a last
+// frame whose checksum fails with nothing valid after it, as a crash in
+// the middle of a write leaves) is dropped; any other damage is an error
+// wrapping ErrChecksum that names the file and the offset in it.
+//
+// This is the lowest layer of the data directory (issue 9): not yet used
+// by Primary or Replica.
+type streamLog struct {
+	fsys       fileSystem
+	dir        string
+	maxSegment int64
+	maxFrame   int
+	log        *slog.Logger
+
+	mu       sync.Mutex // guards the fields below
+	f        file
+	w        *bufio.Writer
+	segSize  int64 // bytes in the current segment, header included
+	end      uint64
+	segments []uint64 // start offsets, oldest first; the last is being written
+	err      error    // the first write or fsync failure: nothing is accepted after it
+
+	syncMu  sync.Mutex    // held by the goroutine doing an fsync for everyone (group commit)
+	durable atomic.Uint64 // every stream byte below it is on disk
+	fsyncs  atomic.Uint64 // fsyncs done, for tests and Info
+}
+
+const (
+	segmentHeaderSize = 20
+	segmentPrefix     = "log-"
+	segmentSuffix     = ".seg"
+)
+
+var segmentMagic = []byte("RMLOG01\n")
+
+func segmentName(start uint64) string {
+	return fmt.Sprintf("%s%020d%s", segmentPrefix, start, segmentSuffix)
+}
+
+// parseSegmentName returns the start offset a segment file name holds.
+func parseSegmentName(name string) (uint64, bool) {
+	s, ok := strings.CutPrefix(name, segmentPrefix)
+	if !ok {
+		return 0, false
+	}
+	if s, ok = strings.CutSuffix(s, segmentSuffix); !ok || len(s) != 20 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n, err == nil
+}
+
+func segmentHeader(start uint64) []byte {
+	b := append([]byte(nil), segmentMagic...)
+	b = binary.BigEndian.AppendUint64(b, start)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// openStreamLog opens the stream log in dir, recovering what a crash left,
+// and returns it ready to append at its end. A directory with no segment
+// starts a stream at offset start.
+func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, maxFrame int, log *slog.Logger) (*streamLog, error) {
+	if err := fsys.MkdirAll(dir); err != nil {
+		return nil, err
+	}
+	names, err := fsys.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &streamLog{fsys: fsys, dir: dir, maxSegment: maxSegment, maxFrame: maxFrame, log: log}
+	for _, name := range names {
+		if s, ok := parseSegmentName(name); ok {
+			l.segments = append(l.segments, s)
+		}
+	}
+	l.end = start
+	for i, s := range l.segments {
+		last := i == len(l.segments)-1
+		if i > 0 && s != l.end {
+			return nil, fmt.Errorf("%w: %s starts at offset %d, but the segment before ends at %d",
+				ErrChecksum, filepath.Join(dir, segmentName(s)), s, l.end)
+		}
+		end, size, err := l.recoverSegment(s, last)
+		if err != nil {
+			return nil, err
+		}
+		if last && size < segmentHeaderSize {
+			// Created, but its header never made it to disk: start it again.
+			if err := fsys.Remove(filepath.Join(dir, segmentName(s))); err != nil {
+				return nil, err
+			}
+			l.segments = l.segments[:i]
+			l.end = s
+			break
+		}
+		l.end, l.segSize = end, size
+	}
+	if len(l.segments) == 0 {
+		if err := l.createSegment(l.end); err != nil {
+			return nil, err
+		}
+	} else {
+		name := filepath.Join(dir, segmentName(l.segments[len(l.segments)-1]))
+		f, err := fsys.OpenFile(name, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := f.Seek(l.segSize, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+		// What was written before the restart may still be only in the
+		// page cache.
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, err
+		}
+		l.f, l.w = f, bufio.NewWriterSize(f, 64<<10)
+	}
+	l.durable.Store(l.end)
+	return l, nil
+}
+
+// recoverSegment checks the segment that starts at start, frame by frame,
+// and returns the offset it ends at and its valid size in bytes. In the
+// last segment a torn tail is cut off; anywhere else, damage is an error.
+func (l *streamLog) recoverSegment(start uint64, last bool) (end uint64, size int64, err error) {
+	name := filepath.Join(l.dir, segmentName(start))
+	f, err := l.fsys.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return 0, 0, fmt.Errorf("replmap: reading %s: %w", name, err)
+	}
+	damaged := func(at int, why string) error {
+		return fmt.Errorf("%w: %s at byte %d: %s", ErrChecksum, name, at, why)
+	}
+	if len(data) < segmentHeaderSize {
+		if !last {
+			return 0, 0, damaged(0, "truncated header")
+		}
+		l.log.Warn("dropped a segment whose header was torn", "file", name, "bytes", len(data))
+		return start, int64(len(data)), nil
+	}
+	if !bytes.Equal(data[:segmentHeaderSize], segmentHeader(start)) {
+		return 0, 0, damaged(0, "bad header")
+	}
+	pos := segmentHeaderSize
+	for pos < len(data) {
+		n, ok := validFrame(data[pos:], l.maxFrame)
+		if ok {
+			pos += n
+			continue
+		}
+		if !last || validFrameAfter(data[pos+1:], l.maxFrame) {
+			return 0, 0, damaged(pos, "bad frame")
+		}
+		// Nothing valid follows: a write cut short by a crash.
+		l.log.Warn("dropped a torn tail", "file", name, "at", pos, "bytes", len(data)-pos)
+		if err := f.Truncate(int64(pos)); err != nil {
+			return 0, 0, err
+		}
+		if err := f.Sync(); err != nil {
+			return 0, 0, err
+		}
+		break
+	}
+	return start + uint64(pos-segmentHeaderSize), int64(pos), nil
+}
+
+// validFrame reports whether b starts with a whole data frame whose
+// checksum matches, and its size.
+func validFrame(b []byte, maxFrame int) (int, bool) {
+	if len(b) < frameHeaderSize {
+		return 0, false
+	}
+	n := int(binary.BigEndian.Uint32(b))
+	if n < 1 || n > maxFrame+1 || len(b) < n+4+frameCRCSize {
+		return 0, false
+	}
+	if t := frameType(b[4]); t != frameSet && t != frameDel {
+		return 0, false
+	}
+	if crc32.Checksum(b[:n+4], castagnoli) != binary.BigEndian.Uint32(b[n+4:]) {
+		return 0, false
+	}
+	return n + 4 + frameCRCSize, true
+}
+
+// validFrameAfter reports whether a valid frame starts anywhere in b: if
+// so, a bad frame before it is damage, not a torn tail.
+func validFrameAfter(b []byte, maxFrame int) bool {
+	for i := range b {
+		if _, ok := validFrame(b[i:], maxFrame); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// createSegment starts a new segment at start and makes it the one
+// written to. The caller holds mu (or has l to itself).
+func (l *streamLog) createSegment(start uint64) error {
+	name := filepath.Join(l.dir, segmentName(start))
+	f, err := l.fsys.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(segmentHeader(start)); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := l.fsys.SyncDir(l.dir); err != nil {
+		f.Close()
+		return err
+	}
+	l.f, l.w, l.segSize = f, bufio.NewWriterSize(f, 64<<10), segmentHeaderSize
+	l.segments = append(l.segments, start)
+	return nil
+}
+
+// append adds a frame, given in parts, at the end of the stream. Its bytes
+// are buffered: sync makes them durable. After a failure it returns that
+// failure and accepts nothing more.
+func (l *streamLog) append(parts ...[]byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err
+	}
+	for _, p := range parts {
+		if _, err := l.w.Write(p); err != nil {
+			return l.fail(err)
+		}
+		l.end += uint64(len(p))
+		l.segSize += int64(len(p))
+	}
+	if l.segSize >= l.maxSegment {
+		if err := l.rotate(); err != nil {
+			return l.fail(err)
+		}
+	}
+	return nil
+}
+
+// rotate closes the current segment, whole and synced, and starts the
+// next. The caller holds mu.
+func (l *streamLog) rotate() error {
+	if err := l.w.Flush(); err != nil {
+		return err
+	}
+	if err := l.f.Sync(); err != nil {
+		return err
+	}
+	l.fsyncs.Add(1)
+	if err := l.f.Close(); err != nil {
+		return err
+	}
+	raise(&l.durable, l.end)
+	return l.createSegment(l.end)
+}
+
+// raise sets v to x if x is higher.
+func raise(v *atomic.Uint64, x uint64) {
+	for {
+		cur := v.Load()
+		if x <= cur || v.CompareAndSwap(cur, x) {
+			return
+		}
+	}
+}
+
+// fail records err as the log's failure: a write or fsync that failed may
+// have lost data the kernel had accepted, so nothing is retried
+// (PostgreSQL's "fsyncgate").
+func (l *streamLog) fail(err error) error {
+	if l.err == nil {
+		l.err = fmt.Errorf("replmap: data directory %s failed, writes stopped: %w", l.dir, err)
+		l.log.Error("data directory failed; writes stopped", "dir", l.dir, "err", err)
+	}
+	return l.err
+}
+
+// offset returns the end of the stream appended so far.
+func (l *streamLog) offset() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.end
+}
+
+// sync returns once every byte before target is on disk. Concurrent
+// callers share fsyncs: one does it for all the bytes appended so far,
+// the others wait for it and find their target covered (group commit).
+func (l *streamLog) sync(target uint64) error {
+	for l.durable.Load() < target {
+		l.syncMu.Lock()
+		if l.durable.Load() >= target {
+			l.syncMu.Unlock()
+			break
+		}
+		l.mu.Lock()
+		err := l.err
+		end, f := l.end, l.f
+		if err == nil {
+			if err = l.w.Flush(); err != nil {
+				err = l.fail(err)
+			}
+		}
+		l.mu.Unlock()
+		if err == nil {
+			// Outside mu, so appends go on during the fsync. A rotation
+			// may close f meanwhile; it fsyncs f first, up to an end at
+			// or past this one, so then this fsync's failure is moot.
+			if err = f.Sync(); err != nil {
+				l.mu.Lock()
+				if l.f == f {
+					err = l.fail(err)
+				} else {
+					err = nil
+				}
+				l.mu.Unlock()
+			} else {
+				l.fsyncs.Add(1)
+				raise(&l.durable, end)
+			}
+		}
+		l.syncMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// close makes everything appended durable and closes the segment.
+func (l *streamLog) close() error {
+	err := l.sync(l.offset())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f != nil {
+		if cerr := l.f.Close(); err == nil {
+			err = cerr
+		}
+		l.f = nil
+	}
+	if l.err == nil {
+		l.err = errors.New("replmap: stream log closed")
+	}
+	return err
+}

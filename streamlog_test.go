@@ -1,0 +1,297 @@
+package replmap
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// faultFS is the OS's file system with faults injected where a test asks:
+// a write or fsync of a file can fail, or an fsync can wait on a gate.
+type faultFS struct {
+	osFS
+	mu        sync.Mutex
+	failWrite func(name string) error // called before each write
+	failSync  func(name string) error // called before each fsync
+	syncGate  chan struct{}           // if set, each fsync receives from it first
+	syncs     atomic.Int64
+	gated     atomic.Int64 // fsyncs that have reached the gate
+}
+
+func (fs *faultFS) OpenFile(name string, flag int, perm os.FileMode) (file, error) {
+	f, err := fs.osFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &faultFile{file: f, fs: fs, name: name}, nil
+}
+
+func (fs *faultFS) hooks() (func(string) error, func(string) error, chan struct{}) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.failWrite, fs.failSync, fs.syncGate
+}
+
+type faultFile struct {
+	file
+	fs   *faultFS
+	name string
+}
+
+func (f *faultFile) Write(p []byte) (int, error) {
+	if fail, _, _ := f.fs.hooks(); fail != nil {
+		if err := fail(f.name); err != nil {
+			return 0, err
+		}
+	}
+	return f.file.Write(p)
+}
+
+func (f *faultFile) Sync() error {
+	_, fail, gate := f.fs.hooks()
+	if gate != nil {
+		f.fs.gated.Add(1)
+		<-gate
+	}
+	if fail != nil {
+		if err := fail(f.name); err != nil {
+			return err
+		}
+	}
+	f.fs.syncs.Add(1)
+	return f.file.Sync()
+}
+
+func testFrames(t testing.TB, n int) [][]byte {
+	frames := make([][]byte, n)
+	for i := range frames {
+		var err error
+		frames[i], err = appendSetFrame(nil, "key"+strconv.Itoa(i), "value "+strconv.Itoa(i), DefaultMaxValueSize)
+		require.NoError(t, err)
+	}
+	return frames
+}
+
+func openTestLog(t testing.TB, fsys fileSystem, dir string, maxSegment int64) *streamLog {
+	t.Helper()
+	l, err := openStreamLog(fsys, dir, 100, maxSegment, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	return l
+}
+
+// logEnd returns the stream end a set of frames reaches from offset 100.
+func logEnd(frames [][]byte) uint64 {
+	end := uint64(100)
+	for _, f := range frames {
+		end += uint64(len(f))
+	}
+	return end
+}
+
+func TestStreamLogReopen(t *testing.T) {
+	dir := t.TempDir()
+	frames := testFrames(t, 500)
+	l := openTestLog(t, osFS{}, dir, 4<<10) // small segments: several rotations
+	for _, f := range frames[:300] {
+		require.NoError(t, l.append(f[:3], f[3:]))
+	}
+	require.NoError(t, l.close())
+
+	l = openTestLog(t, osFS{}, dir, 4<<10)
+	assert.Equal(t, logEnd(frames[:300]), l.offset(), "reopened at its end")
+	for _, f := range frames[300:] {
+		require.NoError(t, l.append(f))
+	}
+	require.NoError(t, l.close())
+
+	l = openTestLog(t, osFS{}, dir, 4<<10)
+	defer l.close()
+	assert.Equal(t, logEnd(frames), l.offset())
+	assert.Greater(t, len(l.segments), 3)
+	// The segments hold exactly the frames, contiguously.
+	var all []byte
+	for _, s := range l.segments {
+		b, err := os.ReadFile(filepath.Join(dir, segmentName(s)))
+		require.NoError(t, err)
+		all = append(all, b[segmentHeaderSize:]...)
+	}
+	var want []byte
+	for _, f := range frames {
+		want = append(want, f...)
+	}
+	assert.Equal(t, want, all)
+}
+
+// lastSegment returns the path of the log's newest segment.
+func lastSegment(t *testing.T, dir string) string {
+	names, err := osFS{}.ReadDir(dir)
+	require.NoError(t, err)
+	var last string
+	for _, n := range names {
+		if _, ok := parseSegmentName(n); ok {
+			last = n
+		}
+	}
+	return filepath.Join(dir, last)
+}
+
+func writeTestLog(t *testing.T, dir string, frames [][]byte, maxSegment int64) {
+	l := openTestLog(t, osFS{}, dir, maxSegment)
+	for _, f := range frames {
+		require.NoError(t, l.append(f))
+	}
+	require.NoError(t, l.close())
+}
+
+// TestStreamLogTornTail: a frame cut short at the end of the last
+// segment, or a last frame whose bytes were never written (zeros), is
+// dropped; the log reopens at the frame before and appends after it.
+func TestStreamLogTornTail(t *testing.T) {
+	frames := testFrames(t, 50)
+	for name, tear := range map[string]func(b []byte) []byte{
+		"cut short": func(b []byte) []byte { return b[:len(b)-3] },
+		"zeroed": func(b []byte) []byte {
+			last := len(frames[49])
+			for i := len(b) - last + 6; i < len(b); i++ {
+				b[i] = 0
+			}
+			return b
+		},
+		"zeros appended": func(b []byte) []byte { return append(b, make([]byte, 4096)...) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeTestLog(t, dir, frames, 1<<20)
+			seg := lastSegment(t, dir)
+			b, err := os.ReadFile(seg)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(seg, tear(b), 0o644))
+
+			l := openTestLog(t, osFS{}, dir, 1<<20)
+			want := logEnd(frames[:49])
+			if name == "zeros appended" {
+				want = logEnd(frames)
+			}
+			assert.Equal(t, want, l.offset())
+			require.NoError(t, l.append(frames[49]))
+			require.NoError(t, l.close())
+			l = openTestLog(t, osFS{}, dir, 1<<20)
+			assert.Equal(t, want+uint64(len(frames[49])), l.offset())
+			require.NoError(t, l.close())
+		})
+	}
+}
+
+// TestStreamLogDamage: a flipped bit anywhere but in a torn tail, or a
+// gap between segments, fails the open with ErrChecksum naming the file.
+func TestStreamLogDamage(t *testing.T) {
+	frames := testFrames(t, 200)
+	t.Run("middle of the last segment", func(t *testing.T) {
+		dir := t.TempDir()
+		writeTestLog(t, dir, frames, 1<<20)
+		seg := lastSegment(t, dir)
+		b, err := os.ReadFile(seg)
+		require.NoError(t, err)
+		b[segmentHeaderSize+len(frames[0])+7] ^= 0x10 // inside frame 1
+		require.NoError(t, os.WriteFile(seg, b, 0o644))
+		_, err = openStreamLog(osFS{}, dir, 100, 1<<20, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+		require.ErrorIs(t, err, ErrChecksum)
+		assert.Contains(t, err.Error(), seg)
+	})
+	t.Run("every byte of an earlier segment", func(t *testing.T) {
+		dir := t.TempDir()
+		writeTestLog(t, dir, frames, 2<<10)
+		names, err := osFS{}.ReadDir(dir)
+		require.NoError(t, err)
+		first := filepath.Join(dir, names[0])
+		orig, err := os.ReadFile(first)
+		require.NoError(t, err)
+		for i := range orig {
+			b := append([]byte(nil), orig...)
+			b[i] ^= 0x01
+			require.NoError(t, os.WriteFile(first, b, 0o644))
+			_, err = openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+			require.ErrorIs(t, err, ErrChecksum, "bit flip at byte %d", i)
+		}
+	})
+	t.Run("gap", func(t *testing.T) {
+		dir := t.TempDir()
+		writeTestLog(t, dir, frames, 2<<10)
+		names, err := osFS{}.ReadDir(dir)
+		require.NoError(t, err)
+		require.Greater(t, len(names), 2)
+		require.NoError(t, os.Remove(filepath.Join(dir, names[1])))
+		_, err = openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+		require.ErrorIs(t, err, ErrChecksum)
+	})
+}
+
+// TestStreamLogFailStop: a failed write or fsync stops the log: that call
+// and every later one return the failure, and nothing is retried.
+func TestStreamLogFailStop(t *testing.T) {
+	frames := testFrames(t, 20)
+	boom := errors.New("disk on fire")
+	for name, set := range map[string]func(fs *faultFS){
+		"write": func(fs *faultFS) { fs.failWrite = func(string) error { return boom } },
+		"fsync": func(fs *faultFS) { fs.failSync = func(string) error { return boom } },
+	} {
+		t.Run(name, func(t *testing.T) {
+			fs := &faultFS{}
+			l := openTestLog(t, fs, t.TempDir(), 1<<20)
+			require.NoError(t, l.append(frames[0]))
+			require.NoError(t, l.sync(l.offset()))
+			fs.mu.Lock()
+			set(fs)
+			fs.mu.Unlock()
+			require.NoError(t, l.append(frames[1])) // buffered
+			err := l.sync(l.offset())
+			require.ErrorIs(t, err, boom)
+			fs.mu.Lock()
+			fs.failWrite, fs.failSync = nil, nil
+			fs.mu.Unlock()
+			assert.ErrorIs(t, l.append(frames[2]), boom, "stopped for good")
+			assert.ErrorIs(t, l.sync(l.offset()), boom)
+			assert.Equal(t, logEnd(frames[:1]), l.durable.Load())
+		})
+	}
+}
+
+// TestStreamLogGroupCommit: writers that sync while an fsync is under way
+// share the next one.
+func TestStreamLogGroupCommit(t *testing.T) {
+	frames := testFrames(t, 9)
+	fs := &faultFS{}
+	l := openTestLog(t, fs, t.TempDir(), 1<<20)
+	defer l.close()
+	gate := make(chan struct{})
+	fs.mu.Lock()
+	fs.syncGate = gate
+	fs.mu.Unlock()
+	before := fs.syncs.Load()
+
+	// The first writer's fsync waits at the gate...
+	require.NoError(t, l.append(frames[0]))
+	first := make(chan error)
+	go func() { first <- l.sync(l.offset()) }()
+	waitFor(t, "the first fsync at the gate", func() bool { return fs.gated.Load() == 1 })
+	// ...while eight more append and sync.
+	var wg sync.WaitGroup
+	for _, f := range frames[1:] {
+		require.NoError(t, l.append(f))
+		end := l.offset()
+		wg.Go(func() { assert.NoError(t, l.sync(end)) })
+	}
+	close(gate) // let every fsync through
+	require.NoError(t, <-first)
+	wg.Wait()
+	assert.Equal(t, logEnd(frames), l.durable.Load())
+	assert.Equal(t, int64(2), fs.syncs.Load()-before, "nine syncs, two fsyncs")
+}
