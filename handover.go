@@ -48,8 +48,9 @@ type writePause struct {
 // listener given to [Replica.Serve]), where its other replicas and p will
 // reach it.
 //
-// If ctx ends first, or the replica's link fails, Handover rolls back:
-// writes resume on p, and the error wraps the cause. A replica that
+// If ctx ends first, the replica's link fails, or p is closed, Handover
+// rolls back: writes resume on p (or fail with ErrClosed), and the error
+// wraps the cause. A replica that
 // promoted itself after p gave up (its confirmation lost in flight) is of a
 // newer epoch, so p is fenced (ErrStaleEpoch) as soon as a replica that
 // follows it reaches p; give ctx a timeout well above a round trip.
@@ -96,6 +97,8 @@ func (p *Primary[V]) Handover(ctx context.Context, t transport.Transport, to str
 		case <-l.acks:
 		case <-l.gone:
 			return rollback(errors.New("the replica's link closed"))
+		case <-p.closing:
+			return rollback(ErrClosed)
 		case <-ctx.Done():
 			return rollback(ctx.Err())
 		}
@@ -110,6 +113,8 @@ func (p *Primary[V]) Handover(ctx context.Context, t transport.Transport, to str
 		if !l.promoted.fired() {
 			return rollback(errors.New("the replica's link closed before it confirmed"))
 		}
+	case <-p.closing:
+		return rollback(ErrClosed)
 	case <-ctx.Done():
 		return rollback(ctx.Err())
 	}

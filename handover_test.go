@@ -138,3 +138,35 @@ func TestHandoverNeedsAReplica(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNoReplica)
 	require.NoError(t, p.Set("still", 1), "writes go on")
 }
+
+// TestCloseDuringHandover: Close does not wait for a handover that cannot
+// finish; the handover rolls back with ErrClosed.
+func TestCloseDuringHandover(t *testing.T) {
+	tr := transport.NewInmem()
+	p, err := NewPrimary[int](fastOpts(t)...)
+	require.NoError(t, err)
+	l, err := tr.Listen("p")
+	require.NoError(t, err)
+	go p.Serve(l)
+	target := startReplica[int](t, tr, "p", WithReplicaName("target"), WithAdvertiseAddr("target"))
+	waitSynced(t, target)
+	require.NoError(t, p.Set("a", 1))
+	_, _ = p.Wait(1, 0)
+	waitFor(t, "advertised address", func() bool { return p.n.handoverTarget("target") != nil })
+	tr.Stall("p", transport.ToListener, true) // the target's ACKs stop arriving
+	defer tr.Stall("p", transport.ToListener, false)
+	require.NoError(t, p.Set("b", 2))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Handover(context.Background(), tr, "target") // no deadline
+		errc <- err
+	}()
+	waitFor(t, "writes paused", func() bool {
+		p.n.writeMu.Lock()
+		defer p.n.writeMu.Unlock()
+		return p.pause != nil
+	})
+	require.NoError(t, p.Close())
+	assert.ErrorIs(t, <-errc, ErrClosed)
+	assert.ErrorIs(t, p.Set("c", 3), ErrClosed)
+}

@@ -24,6 +24,11 @@ type Primary[V any] struct {
 	cfg  config   // this handle's options
 	opts []Option // as given, for Demote's defaults
 
+	// closing is closed when Close starts, so that a Handover under way
+	// rolls back rather than hold Close up.
+	closing     chan struct{}
+	closingOnce sync.Once
+
 	// handoverMu orders Close and Demote, so that a Close never closes a
 	// node that a concurrent Demote is handing to a Replica.
 	handoverMu sync.Mutex
@@ -63,7 +68,7 @@ func NewPrimary[V any](opts ...Option) (*Primary[V], error) {
 
 // newPrimaryHandle makes a Primary the owner of n.
 func newPrimaryHandle[V any](n *node[V], cfg config) *Primary[V] {
-	p := &Primary[V]{n: n, cfg: cfg, closedCh: make(chan struct{})}
+	p := &Primary[V]{n: n, cfg: cfg, closedCh: make(chan struct{}), closing: make(chan struct{})}
 	n.log.Store(cfg.logger.With("primary", n.data().hist.replID[:8]))
 	n.setOwner(p, rolePrimary)
 	return p
@@ -92,6 +97,7 @@ func (p *Primary[V]) Serve(l net.Listener) error {
 // with Get, Len and All; writes return ErrClosed. A second Close returns
 // nil, and so does Close after Demote, which has closed p already.
 func (p *Primary[V]) Close() error {
+	p.closingOnce.Do(func() { close(p.closing) })
 	p.handoverMu.Lock()
 	defer p.handoverMu.Unlock()
 	p.closeHandle()
