@@ -212,6 +212,40 @@ func parseSet(b []byte, maxKey, maxValue int) (key, value []byte, err error) {
 	return key, p.b, nil
 }
 
+// dataRecord is a SET or DEL payload, checked against the limits, ready
+// to apply to a store.
+type dataRecord struct {
+	t   frameType
+	key []byte
+	raw []byte // a SET's msgpack value
+}
+
+// parseRecord checks a SET or DEL payload against the limits. The record
+// aliases payload.
+func parseRecord(t frameType, payload []byte, maxKey, maxValue int) (dataRecord, error) {
+	switch t {
+	case frameSet:
+		key, raw, err := parseSet(payload, maxKey, maxValue)
+		return dataRecord{t: t, key: key, raw: raw}, err
+	case frameDel:
+		if len(payload) > maxKey {
+			return dataRecord{}, fmt.Errorf("%w: DEL key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(payload), maxKey)
+		}
+		return dataRecord{t: t, key: payload}, nil
+	}
+	return dataRecord{}, fmt.Errorf("%w: %s is not a data record", ErrProtocol, t)
+}
+
+// applyRecord applies r to st. A value that does not decode leaves st
+// unchanged.
+func applyRecord[V any](st *store[V], r dataRecord) error {
+	if r.t == frameSet {
+		return storeSet(st, r.key, r.raw)
+	}
+	st.delete(string(r.key))
+	return nil
+}
+
 // checkKey reports a key over the limit.
 func checkKey(key string, maxKey int) error {
 	if len(key) > maxKey {

@@ -1,6 +1,7 @@
 package replmap_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -141,4 +142,30 @@ func ExampleNewPrimary_options() {
 	)
 	fmt.Println(errors.Is(err, replmap.ErrInvalidOption))
 	// Output: true
+}
+
+// A backup of a live primary, and a primary started from it: it continues
+// the backed-up history at the backup's offset.
+func ExamplePrimary_Backup() {
+	p, _ := replmap.NewPrimary[string]()
+	defer p.Close()
+	_ = p.Set("config/mode", "blue")
+
+	var backup bytes.Buffer // any io.Writer: a file, an object store upload
+	offset, err := p.Backup(context.Background(), &backup)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	restored, err := replmap.RestorePrimary[string](&backup)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer restored.Close()
+	v, _ := restored.Get("config/mode")
+	info := restored.Info()
+	fmt.Println(v, restored.Offset() == offset, info.ReplID2 == p.ReplID())
+	// Output: blue true true
 }

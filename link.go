@@ -277,7 +277,8 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 	l.bw = bufio.NewWriterSize(w, 64<<10)
 	var err error
 	if l.cur == nil {
-		err = l.sendSnapshot(ctx, l.bw)
+		n.fullSyncs.Add(1)
+		_, err = l.sendSnapshot(ctx, l.bw)
 	} else {
 		n.partialSyncs.Add(1)
 		l.ackable.Store(true)

@@ -679,27 +679,15 @@ func (s *replicaSession[V]) startStreaming() {
 // bytes sub-replicas get are exactly the ones received.
 func (s *replicaSession[V]) apply(t frameType, payload []byte) error {
 	r, n := s.r, s.n
-	var key, raw []byte
-	switch t {
-	case frameSet:
-		var err error
-		if key, raw, err = parseSet(payload, r.cfg.maxKeySize, r.cfg.maxValueSize); err != nil {
-			return err
-		}
-	case frameDel:
-		if len(payload) > r.cfg.maxKeySize {
-			return fmt.Errorf("%w: DEL key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(payload), r.cfg.maxKeySize)
-		}
+	rec, err := parseRecord(t, payload, r.cfg.maxKeySize, r.cfg.maxValueSize)
+	if err != nil {
+		return err
 	}
 	head, rest := s.fr.raw()
 	n.writeMu.Lock()
-	if t == frameSet {
-		if err := storeSet(s.target.store, key, raw); err != nil {
-			n.writeMu.Unlock()
-			return err
-		}
-	} else {
-		s.target.store.delete(string(payload))
+	if err := applyRecord(s.target.store, rec); err != nil {
+		n.writeMu.Unlock()
+		return err
 	}
 	n.appendRecord(s.target, head, rest)
 	serving := n.data() == s.target

@@ -29,7 +29,7 @@ import (
 // that can keep up with the writes always finishes its sync, however long
 // the snapshot takes (no full-sync loop, unlike a replica whose stream
 // waits in an output buffer until the snapshot is done).
-func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) error {
+func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) (end uint64, err error) {
 	n, d := l.n, l.d
 	n.writeMu.Lock()
 	from := d.backlog.end.Load()
@@ -37,30 +37,29 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) error {
 	n.writeMu.Unlock()
 	l.cur = cur
 	l.sent.Store(from)
-	n.fullSyncs.Add(1)
 
 	if _, err := w.Write(appendSyncStart(nil, frameFull, l.start(from))); err != nil {
-		return err
+		return 0, err
 	}
 	sw := snapshotWriter{w: w, limit: chunkLimit(l.maxFrame)}
 	var entries []entry[V]
 	for i := range shardCount {
 		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
+			return 0, context.Cause(ctx)
 		}
 		entries = d.store.copyShard(i, entries[:0])
 		for _, e := range entries {
 			if err := addEntry(&sw, e.key, e.value); err != nil {
-				return err
+				return 0, err
 			}
 		}
 		clear(entries) // drop the references before the next shard
 		if d.backlog.end.Load() > l.cur.pos {
 			if err := sw.flush(); err != nil {
-				return err
+				return 0, err
 			}
 			if _, err := l.drain(w); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
@@ -70,7 +69,7 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) error {
 	to := d.backlog.end.Load()
 	n.writeMu.Unlock()
 	l.ackable.Store(true)
-	return sw.finish(to)
+	return to, sw.finish(to)
 }
 
 // chunkLimit returns the CHUNK payload size to aim for when the replica
