@@ -1,6 +1,7 @@
 package replmap
 
 import (
+	"bufio"
 	"bytes"
 	"strconv"
 	"testing"
@@ -111,4 +112,37 @@ func TestBacklogKeepsABlockBeingRead(t *testing.T) {
 	b.append(bytes.Repeat([]byte{'B'}, backlogBlockSize))
 	b.append(bytes.Repeat([]byte{'C'}, backlogBlockSize))
 	assert.Equal(t, bytes.Repeat([]byte{'A'}, backlogBlockSize), chunk)
+}
+
+// appendingWriter appends more to a backlog on every write, as writers
+// appending while a link drains would.
+type appendingWriter struct {
+	b       *backlog
+	written int
+}
+
+func (w *appendingWriter) Write(p []byte) (int, error) {
+	w.written += len(p)
+	if w.written < 8<<20 { // an unbounded drain would stop here
+		w.b.append(make([]byte, 64<<10))
+	}
+	return len(p), nil
+}
+
+// TestDrainIsBounded: a drain writes the stream up to the end it saw on
+// entry, however much is appended meanwhile, so a Wait that writes a
+// GETACK on its own goroutine writes a bounded amount.
+func TestDrainIsBounded(t *testing.T) {
+	b := newBacklog(config{backlogSize: 64 << 20, bufferLimit: 64 << 20}, 0)
+	b.append(make([]byte, 100<<10))
+	c, ok := b.newCursor(0, nil)
+	require.True(t, ok)
+	l := &link[int]{d: &dataset[int]{backlog: b}, cur: c}
+	w := &appendingWriter{b: b}
+	bw := bufio.NewWriterSize(w, 16<<10)
+	_, err := l.drain(bw)
+	require.NoError(t, err)
+	require.NoError(t, bw.Flush())
+	assert.Equal(t, 100<<10, w.written, "drained only what was there on entry")
+	assert.Equal(t, uint64(100<<10), c.pos)
 }
