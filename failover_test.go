@@ -358,15 +358,19 @@ func TestChainFullSyncReachesBottomWhenSwapped(t *testing.T) {
 	q := startPrimary[int](t, tr, "q", WithEpoch(3))
 	writeN(t, q, "new", 20000)
 	require.NoError(t, mid.Follow("q"))
-	for bottom.Info().ReplID != q.ReplID() {
-		// Whenever the bottom serves the new history, the middle does.
-		if bottom.Info().ReplID == oldID {
-			v, ok := bottom.Get("old3")
-			require.True(t, ok)
+	for {
+		// One read of what the bottom serves: its history and its store.
+		d := bottom.n.data()
+		if d.hist.replID == oldID {
+			v, ok := d.store.get("old3")
+			require.True(t, ok, "the bottom serves the old history whole")
 			require.Equal(t, 3, v)
 			continue
 		}
+		// Whenever the bottom serves the new history, the middle does.
+		require.Equal(t, q.ReplID(), d.hist.replID)
 		require.Equal(t, q.ReplID(), mid.Info().ReplID)
+		break
 	}
 	requireConverged(t, q, mid, bottom)
 }
