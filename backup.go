@@ -49,9 +49,7 @@ func (p *Primary[V]) Backup(ctx context.Context, w io.Writer) (uint64, error) {
 	if err == nil {
 		// The stream from the snapshot's start up to its end, and no
 		// further: what the restore needs to be exact at end.
-		l.stopMu.Lock()
-		l.stop, l.stopErr = end, errBackupDone
-		l.stopMu.Unlock()
+		l.endAt(end, errBackupDone)
 		_, err = l.drain(bw)
 	}
 	if err == nil {

@@ -408,6 +408,11 @@ func (s syncStart) history() history {
 	return history{replID: s.replID, replID2: s.replID2, replID2Offset: s.replID2Offset, epoch: s.epoch}
 }
 
+// syncStart returns the sync start of a stream of h from offset on.
+func (h history) syncStart(offset uint64) syncStart {
+	return syncStart{replID: h.replID, offset: offset, epoch: h.epoch, replID2: h.replID2, replID2Offset: h.replID2Offset}
+}
+
 // appendSyncStart appends a FULL or CONTINUE frame.
 func appendSyncStart(dst []byte, t frameType, s syncStart) []byte {
 	start := len(dst)

@@ -30,8 +30,8 @@ type link[V any] struct {
 	n        *node[V]
 	d        *dataset[V] // the data whose stream the link sends
 	addr     string
-	name     string // the replica's name, for display
-	instance string // the replica's random instance ID: one link per instance
+	name     string // the replica's name: one link per name
+	instance string // the replica's random instance ID: tells a restarted or duplicate replica of one name apart
 	cancel   context.CancelCauseFunc
 
 	wake   chan struct{} // the stream grew
@@ -45,12 +45,11 @@ type link[V any] struct {
 	failover atomic.Bool // a FAILOVER was sent: PROMOTED may come
 	promoted *signal     // fired on PROMOTED
 
-	// stop, once set, is the offset the link's history ends at: the
-	// sender writes the stream up to it, then an ERROR telling the replica
-	// to reconnect, and ends the link with stopErr (see drop).
-	stopMu  sync.Mutex
-	stop    uint64
-	stopErr error
+	// ending, once set, is where the link's stream ends: the sender
+	// writes the stream up to it, then an ERROR telling the replica to
+	// reconnect, and ends the link with its error (see drop). stopped is
+	// closed when it is set.
+	ending  atomic.Pointer[linkEnd]
 	stopped chan struct{}
 
 	// wmu guards the connection's write side: bw and cur. The sender holds
@@ -79,18 +78,23 @@ type link[V any] struct {
 	connectedAt time.Time
 }
 
+// linkEnd is where a link's stream ends, and why.
+type linkEnd struct {
+	offset uint64
+	err    error
+}
+
 // drop ends the link because its node's history ended at the current
 // end of the stream. The caller holds the node's writeMu, so nothing is
 // appended meanwhile: the replica gets the stream exactly up to the
 // change, then an ERROR that makes it reconnect at once.
-func (l *link[V]) drop(err error) {
-	l.stopMu.Lock()
-	defer l.stopMu.Unlock()
-	if l.stopErr != nil {
-		return
+func (l *link[V]) drop(err error) { l.endAt(l.d.backlog.end.Load(), err) }
+
+// endAt makes offset the end of the link's stream, unless it has one.
+func (l *link[V]) endAt(offset uint64, err error) {
+	if l.ending.CompareAndSwap(nil, &linkEnd{offset, err}) {
+		close(l.stopped)
 	}
-	l.stop, l.stopErr = l.d.backlog.end.Load(), err
-	close(l.stopped)
 }
 
 // listenAddr returns the address the replica advertises, "" if none.
@@ -98,13 +102,6 @@ func (l *link[V]) listenAddr() string {
 	l.listenMu.Lock()
 	defer l.listenMu.Unlock()
 	return l.listen
-}
-
-// stopAt returns the offset the link may send up to.
-func (l *link[V]) stopAt() (uint64, bool) {
-	l.stopMu.Lock()
-	defer l.stopMu.Unlock()
-	return l.stop, l.stopErr != nil
 }
 
 // evict drops a link that fell too far behind, at once: its sender may be
@@ -160,7 +157,7 @@ func (n *node[V]) serveLink(conn net.Conn) {
 	dc := &deadlineConn{Conn: conn, timeout: n.cfg.linkTimeout}
 	fr := newFrameReader(dc, maxInboundFrame)
 	fr.timeout = n.cfg.linkTimeout
-	l, err := n.handshake(ctx, fr, dc, addr, cancel)
+	l, err := n.handshake(fr, dc, addr, cancel)
 	n.handshakes.Release(1)
 	if err != nil {
 		n.logger().Info("replica handshake failed", "addr", addr, "err", linkError("handshake", addr, err))
@@ -193,7 +190,7 @@ func (n *node[V]) serveLink(conn net.Conn) {
 // replica of another protocol version or value type, one of a newer epoch
 // (which also makes a primary stale, H3), and any replica while this node
 // has no history to serve (a replica that never synced).
-func (n *node[V]) handshake(ctx context.Context, fr *frameReader, w io.Writer, addr string, cancel context.CancelCauseFunc) (*link[V], error) {
+func (n *node[V]) handshake(fr *frameReader, w io.Writer, addr string, cancel context.CancelCauseFunc) (*link[V], error) {
 	refuse := func(code uint16, err error) (*link[V], error) {
 		_, _ = w.Write(appendErrorFrame(nil, code))
 		return nil, err
@@ -323,17 +320,12 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 
 // start returns the FULL or CONTINUE payload for a stream starting at
 // offset, in the link's history.
-func (l *link[V]) start(offset uint64) syncStart {
-	h := l.d.hist
-	return syncStart{replID: h.replID, offset: offset, epoch: h.epoch, replID2: h.replID2, replID2Offset: h.replID2Offset}
-}
+func (l *link[V]) start(offset uint64) syncStart { return l.d.hist.syncStart(offset) }
 
 // finish ends a dropped link: the stream up to where its history ended,
 // then an ERROR that tells the replica to reconnect at once.
 func (l *link[V]) finish() error {
-	l.stopMu.Lock()
-	err := l.stopErr
-	l.stopMu.Unlock()
+	err := l.ending.Load().err
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	if ferr := l.flush(false, false); ferr != nil {
@@ -482,8 +474,8 @@ func (l *link[V]) sendGetAck() {
 // link gets an ERROR frame saying so before it is dropped.
 func (l *link[V]) drain(w *bufio.Writer) (wrote bool, err error) {
 	end := l.d.backlog.end.Load()
-	if stop, ok := l.stopAt(); ok {
-		end = min(end, stop)
+	if e := l.ending.Load(); e != nil {
+		end = min(end, e.offset)
 	}
 	for l.cur.pos < end {
 		chunk, err := l.d.backlog.read(l.cur, int(min(end-l.cur.pos, 256<<10)))

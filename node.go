@@ -229,15 +229,14 @@ func (n *node[V]) close() {
 	n.wg.Wait()
 }
 
-// closeIfOwner closes the node if h owns it and reports whether it did.
-func (n *node[V]) closeIfOwner(h any) bool {
+// closeIfOwner closes the node if h owns it.
+func (n *node[V]) closeIfOwner(h any) {
 	n.mu.Lock()
 	own := n.owner == h
 	n.mu.Unlock()
 	if own {
 		n.close()
 	}
-	return own
 }
 
 // swap replaces the data served. The caller holds writeMu. When the
@@ -336,7 +335,7 @@ func (n *node[V]) appendRecord(d *dataset[V], head, rest []byte) {
 	}
 }
 
-// info fills the link list of a PrimaryInfo or ReplicaInfo.
+// linkInfo returns the links' view for PrimaryInfo and ReplicaInfo.
 func (n *node[V]) linkInfo(end uint64) []ReplicaLink {
 	var out []ReplicaLink
 	for _, l := range n.linkList() {

@@ -33,11 +33,9 @@ type Primary[V any] struct {
 	// node that a concurrent Demote is handing to a Replica.
 	handoverMu sync.Mutex
 
-	// closedCh is closed when this handle is closed: by Close, or by a
-	// handover (Demote) that gave its node to a Replica.
-	closedCh  chan struct{}
-	closeOnce sync.Once
-	isClosed  atomic.Bool
+	// isClosed is set when this handle is closed: by Close, or by a
+	// Demote or Handover that gave its node to a Replica.
+	isClosed atomic.Bool
 
 	// pause and moved are guarded by the node's writeMu: a handover in
 	// progress, and where the role went after one.
@@ -68,7 +66,7 @@ func NewPrimary[V any](opts ...Option) (*Primary[V], error) {
 
 // newPrimaryHandle makes a Primary the owner of n.
 func newPrimaryHandle[V any](n *node[V], cfg config) *Primary[V] {
-	p := &Primary[V]{n: n, cfg: cfg, closedCh: make(chan struct{}), closing: make(chan struct{})}
+	p := &Primary[V]{n: n, cfg: cfg, closing: make(chan struct{})}
 	n.log.Store(cfg.logger.With("primary", n.data().hist.replID[:8]))
 	n.setOwner(p, rolePrimary)
 	return p
@@ -107,11 +105,9 @@ func (p *Primary[V]) Close() error {
 
 // closeHandle marks p closed and wakes its blocked Waits.
 func (p *Primary[V]) closeHandle() {
-	p.closeOnce.Do(func() {
-		p.isClosed.Store(true)
-		close(p.closedCh)
+	if !p.isClosed.Swap(true) {
 		p.n.waits.closeAll() // after isClosed is set: see WaitContext
-	})
+	}
 }
 
 func (p *Primary[V]) closed() bool { return p.isClosed.Load() }

@@ -38,7 +38,7 @@ type Replica[V any] struct {
 	opts     []Option // as given, for Promote's defaults
 	t        transport.Transport
 	name     string
-	instance string // random, new for every Replica: one link per instance upstream
+	instance string // random, new for every Replica: tells it apart from another of its name upstream
 	log      *slog.Logger
 
 	state atomic.Value // ReplicaState
@@ -51,7 +51,6 @@ type Replica[V any] struct {
 	// it, and the signal of its first sync. Follow and Promote replace them.
 	mu        sync.Mutex
 	addr      string
-	advertise string // the address sub-replicas reach this node at, told upstream for handovers
 	synced    *signal
 	cancel    context.CancelCauseFunc // stops the sync loop
 	done      chan struct{}           // closed when the sync loop exits
@@ -62,6 +61,10 @@ type Replica[V any] struct {
 
 	closedCh chan struct{} // closed when this handle is closed
 	isClosed atomic.Bool
+
+	// advertise is the address sub-replicas reach this node at, told
+	// upstream for handovers: read on every ACK, so not under mu.
+	advertise atomic.Pointer[string]
 
 	linkUp       atomic.Bool
 	lastIO       atomic.Int64 // UnixNano
@@ -125,10 +128,12 @@ func newReplicaHandle[V any](n *node[V], t transport.Transport, primaryAddr stri
 		name:      name,
 		instance:  randomHex(8),
 		addr:      primaryAddr,
-		advertise: cfg.advertiseAddr,
 		synced:    newSignal(),
 		promotion: newSignal(),
 		closedCh:  make(chan struct{}),
+	}
+	if cfg.advertiseAddr != "" {
+		r.advertise.Store(&cfg.advertiseAddr)
 	}
 	r.log = cfg.logger.With("replica", name)
 	n.log.Store(r.log)
@@ -261,19 +266,17 @@ func (r *Replica[V]) Serve(l net.Listener) error {
 		l.Close()
 		return ErrClosed
 	}
-	r.mu.Lock()
-	if r.advertise == "" {
-		r.advertise = l.Addr().String()
-	}
-	r.mu.Unlock()
+	addr := l.Addr().String()
+	r.advertise.CompareAndSwap(nil, &addr) // the first listener, unless WithAdvertiseAddr
 	return r.n.serve(l)
 }
 
 // advertised returns the address this replica tells its upstream.
 func (r *Replica[V]) advertised() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.advertise
+	if a := r.advertise.Load(); a != nil {
+		return *a
+	}
+	return ""
 }
 
 // Info returns a snapshot of the Replica's state.
@@ -363,23 +366,16 @@ func (r *Replica[V]) run(ctx context.Context, addr string, synced *signal, done 
 		if progress {
 			attempt = 0
 		}
-		if streamed {
-			immediate = false
-		}
-		var delay time.Duration
-		if errors.Is(err, errHistoryChanged) && !immediate {
-			// Once per session that streamed: an upstream that keeps
-			// changing history without ever streaming gets the backoff.
+		if errors.Is(err, errHistoryChanged) && (streamed || !immediate) {
+			// At once, but only once until a session streams again: an
+			// upstream that keeps changing history without ever
+			// streaming gets the backoff.
 			immediate = true
-		} else {
-			immediate = false
-			delay = backoff(attempt, r.cfg.reconnectMin, r.cfg.reconnectMax)
-			attempt++
-		}
-		if delay == 0 {
 			continue
 		}
-		t := time.NewTimer(delay)
+		immediate = false
+		t := time.NewTimer(backoff(attempt, r.cfg.reconnectMin, r.cfg.reconnectMax))
+		attempt++
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -480,7 +476,6 @@ type replicaSession[V any] struct {
 	progress  bool // applied a write to the data served, or completed a sync
 
 	target  *dataset[V]        // the data the stream applies to
-	start   syncStart          // the FULL being loaded
 	loader  *snapshotLoader[V] // loads target's store until END
 	pending bool               // target is a loaded snapshot not yet served
 	until   uint64             // offset at which a pending snapshot is exact
@@ -601,7 +596,6 @@ func (s *replicaSession[V]) startSnapshot(full []byte) error {
 	n.seeEpoch(st.epoch)
 	r.state.Store(StateSyncing)
 	r.syncKeys.Store(0)
-	s.start = st
 	s.loader = newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize, r.cfg.maxSnapshot)
 	s.target = &dataset[V]{store: s.loader.store, backlog: newBacklog(r.cfg, st.offset), hist: st.history()}
 	return nil
