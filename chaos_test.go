@@ -65,22 +65,35 @@ func TestChaosTCP(t *testing.T) {
 // chaosSeeds returns the seeds to run: REPLMAP_CHAOS_SEED alone if set,
 // else 1..n with n from the named variable, else 1..def.
 func chaosSeeds(t *testing.T, countVar string, def int) []uint64 {
-	if s := os.Getenv("REPLMAP_CHAOS_SEED"); s != "" {
+	return envSeeds(t, "REPLMAP_CHAOS_SEED", countVar, def)
+}
+
+// envSeeds returns the seeds a seeded suite runs: the one in seedVar alone
+// if set, else 1..n with n from countVar, else 1..def.
+func envSeeds(t *testing.T, seedVar, countVar string, def int) []uint64 {
+	if s := os.Getenv(seedVar); s != "" {
 		seed, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "REPLMAP_CHAOS_SEED")
+		require.NoError(t, err, seedVar)
 		return []uint64{seed}
 	}
-	n := def
-	if s := os.Getenv(countVar); s != "" {
-		var err error
-		n, err = strconv.Atoi(s)
-		require.NoError(t, err, countVar)
-	}
-	seeds := make([]uint64, n)
+	seeds := make([]uint64, envInt(t, countVar, def))
 	for i := range seeds {
 		seeds[i] = uint64(i + 1)
 	}
 	return seeds
+}
+
+// envInt returns the positive integer in the environment variable name,
+// or def if it is not set.
+func envInt(t *testing.T, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	require.NoError(t, err, name)
+	require.Positive(t, n, name)
+	return n
 }
 
 const (

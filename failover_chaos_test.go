@@ -85,7 +85,6 @@ import (
 	"maps"
 	"math"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -119,22 +118,7 @@ func TestFailover(t *testing.T) {
 // failoverSeeds returns REPLMAP_FAILOVER_SEED alone if set, else 1..n with
 // n from REPLMAP_FAILOVER_SEEDS, else 1..4.
 func failoverSeeds(t *testing.T) []uint64 {
-	if s := os.Getenv("REPLMAP_FAILOVER_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "REPLMAP_FAILOVER_SEED")
-		return []uint64{seed}
-	}
-	n := 4
-	if s := os.Getenv("REPLMAP_FAILOVER_SEEDS"); s != "" {
-		var err error
-		n, err = strconv.Atoi(s)
-		require.NoError(t, err, "REPLMAP_FAILOVER_SEEDS")
-	}
-	seeds := make([]uint64, n)
-	for i := range seeds {
-		seeds[i] = uint64(i + 1)
-	}
-	return seeds
+	return envSeeds(t, "REPLMAP_FAILOVER_SEED", "REPLMAP_FAILOVER_SEEDS", 4)
 }
 
 // failoverSummary is the line of figures a run, or all of them, reports.

@@ -413,11 +413,7 @@ func TestEpochFencing(t *testing.T) {
 // with WithAllowDataLoss, or from a newer epoch.
 func TestEmptyPrimaryGuard(t *testing.T) {
 	tr := transport.NewInmem()
-	p, err := NewPrimary[int](fastOpts(t)...)
-	require.NoError(t, err)
-	l, err := tr.Listen("p")
-	require.NoError(t, err)
-	go p.Serve(l)
+	p := startPrimary[int](t, tr, "p")
 	guarded := startReplica[int](t, tr, "p")
 	careless := startReplica[int](t, tr, "p", WithAllowDataLoss())
 	writeN(t, p, "k", 10)

@@ -143,11 +143,7 @@ func TestHandoverNeedsAReplica(t *testing.T) {
 // finish; the handover rolls back with ErrClosed.
 func TestCloseDuringHandover(t *testing.T) {
 	tr := transport.NewInmem()
-	p, err := NewPrimary[int](fastOpts(t)...)
-	require.NoError(t, err)
-	l, err := tr.Listen("p")
-	require.NoError(t, err)
-	go p.Serve(l)
+	p := startPrimary[int](t, tr, "p")
 	target := startReplica[int](t, tr, "p", WithReplicaName("target"), WithAdvertiseAddr("target"))
 	waitSynced(t, target)
 	require.NoError(t, p.Set("a", 1))

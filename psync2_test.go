@@ -42,7 +42,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"os"
 	"reflect"
 	"slices"
 	"strconv"
@@ -71,7 +70,7 @@ const (
 )
 
 func TestPSYNC2(t *testing.T) {
-	cycles := psync2Env(t, "REPLMAP_PSYNC2_CYCLES", psync2Cycles)
+	cycles := envInt(t, "REPLMAP_PSYNC2_CYCLES", psync2Cycles)
 	for _, seed := range psync2Seeds(t) {
 		t.Run("seed="+strconv.FormatUint(seed, 10), func(t *testing.T) {
 			runPSYNC2(t, seed, cycles)
@@ -82,27 +81,7 @@ func TestPSYNC2(t *testing.T) {
 // psync2Seeds returns the seeds to run: REPLMAP_PSYNC2_SEED alone if set,
 // else 1..REPLMAP_PSYNC2_SEEDS, else 1..psync2DefaultSeeds.
 func psync2Seeds(t *testing.T) []uint64 {
-	if s := os.Getenv("REPLMAP_PSYNC2_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "REPLMAP_PSYNC2_SEED")
-		return []uint64{seed}
-	}
-	seeds := make([]uint64, psync2Env(t, "REPLMAP_PSYNC2_SEEDS", psync2DefaultSeeds))
-	for i := range seeds {
-		seeds[i] = uint64(i + 1)
-	}
-	return seeds
-}
-
-func psync2Env(t *testing.T, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	require.NoError(t, err, name)
-	require.Positive(t, n, name)
-	return n
+	return envSeeds(t, "REPLMAP_PSYNC2_SEED", "REPLMAP_PSYNC2_SEEDS", psync2DefaultSeeds)
 }
 
 // psync2Node is one of the five nodes: its address, and the handle that
