@@ -29,7 +29,16 @@ func (p *Primary[V]) Backup(ctx context.Context, w io.Writer) (uint64, error) {
 	if p.closed() {
 		return 0, ErrClosed
 	}
-	n := p.n
+	end, err := p.n.writeSnapshot(ctx, w)
+	if err != nil {
+		return 0, fmt.Errorf("replmap: backup: %w", err)
+	}
+	return end, nil
+}
+
+// writeSnapshot writes the node's data to w as a backup (see
+// Primary.Backup) and returns the offset it is exact at.
+func (n *node[V]) writeSnapshot(ctx context.Context, w io.Writer) (uint64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := context.AfterFunc(n.ctx, func() { cancel(ErrClosed) })
@@ -58,10 +67,7 @@ func (p *Primary[V]) Backup(ctx context.Context, w io.Writer) (uint64, error) {
 	if cause := context.Cause(ctx); err != nil && cause != nil {
 		err = cause // eviction, Close or ctx: say why rather than how
 	}
-	if err != nil {
-		return 0, fmt.Errorf("replmap: backup: %w", err)
-	}
-	return end, nil
+	return end, err
 }
 
 // RestorePrimary returns a Primary whose data is the backup read from r
@@ -77,7 +83,9 @@ func (p *Primary[V]) Backup(ctx context.Context, w io.Writer) (uint64, error) {
 // truncated or oversized one is an error wrapping ErrChecksum,
 // ErrProtocol or ErrTooLarge, and nothing is returned. The limits of the
 // options apply ([WithMaxKeySize], [WithMaxValueSize],
-// [WithMaxFrameSize], [WithMaxSnapshotSize]).
+// [WithMaxFrameSize], [WithMaxSnapshotSize]). With [WithDataDir], the
+// directory must hold no data (ErrInvalidOption otherwise): the restored
+// data is written to it before RestorePrimary returns.
 func RestorePrimary[V any](r io.Reader, opts ...Option) (*Primary[V], error) {
 	cfg, err := newConfig(opts)
 	if err != nil {
@@ -92,6 +100,9 @@ func RestorePrimary[V any](r io.Reader, opts ...Option) (*Primary[V], error) {
 		store:   store,
 		backlog: newBacklog(cfg, end),
 		hist:    history{replID: newReplID(), replID2: st.replID, replID2Offset: end, epoch: epoch},
+	}
+	if cfg.dataDir != "" {
+		return openPrimary(cfg, opts, d)
 	}
 	n := newNode(cfg, rolePrimary, d)
 	p := newPrimaryHandle(n, cfg)

@@ -15,6 +15,9 @@ type fileSystem interface {
 	OpenFile(name string, flag int, perm os.FileMode) (file, error)
 	Rename(oldpath, newpath string) error
 	Remove(name string) error
+	// RemoveAll removes path and everything under it; a missing path is
+	// not an error.
+	RemoveAll(path string) error
 	// ReadDir returns the names in dir, sorted.
 	ReadDir(dir string) ([]string, error)
 	// SyncDir makes the directory's entries (files created, renamed or
@@ -44,6 +47,8 @@ func (osFS) OpenFile(name string, flag int, perm os.FileMode) (file, error) {
 func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
 
 func (osFS) Remove(name string) error { return os.Remove(name) }
+
+func (osFS) RemoveAll(path string) error { return os.RemoveAll(path) }
 
 func (osFS) ReadDir(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)

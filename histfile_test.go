@@ -16,7 +16,7 @@ func TestHistoryRecord(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, ok, "no record yet")
 
-	h := history{replID: newReplID(), replID2: newReplID(), replID2Offset: 12345, epoch: 7}
+	h := dirRecord{hist: history{replID: newReplID(), replID2: newReplID(), replID2Offset: 12345, epoch: 7}, gen: 3}
 	require.NoError(t, writeHistory(osFS{}, dir, h))
 	got, ok, err := readHistory(osFS{}, dir)
 	require.NoError(t, err)
@@ -45,7 +45,7 @@ func TestHistoryRecord(t *testing.T) {
 // the old record in place.
 func TestHistoryRecordIsReplacedWhole(t *testing.T) {
 	dir := t.TempDir()
-	old := history{replID: "old", epoch: 1}
+	old := dirRecord{hist: history{replID: "old", epoch: 1}, gen: 1}
 	require.NoError(t, writeHistory(osFS{}, dir, old))
 	boom := errors.New("no space left")
 	for name, set := range map[string]func(fs *faultFS){
@@ -55,7 +55,7 @@ func TestHistoryRecordIsReplacedWhole(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			fs := &faultFS{}
 			set(fs)
-			err := writeHistory(fs, dir, history{replID: "new", epoch: 2})
+			err := writeHistory(fs, dir, dirRecord{hist: history{replID: "new", epoch: 2}, gen: 2})
 			require.ErrorIs(t, err, boom)
 			got, ok, err := readHistory(osFS{}, dir)
 			require.NoError(t, err)

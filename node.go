@@ -29,6 +29,11 @@ type node[V any] struct {
 	cfg config
 	log atomic.Pointer[slog.Logger] // the owner's: replaced by role changes
 
+	// disk is the data directory the stream is also written to, nil
+	// without WithDataDir. It is the node's for life: role changes keep
+	// it.
+	disk *dataDir
+
 	// cur is what reads see: the store, its backlog (whose end is the
 	// offset) and its history. It is replaced whole, under writeMu: by a
 	// full sync, a change of history, a promotion.
@@ -211,14 +216,26 @@ func (n *node[V]) serve(l net.Listener) error {
 	}
 }
 
-// close stops the node: it closes every listener and link and returns
-// once every goroutine the node started has exited.
-func (n *node[V]) close() {
+// startDisk makes dd the node's data directory and starts its
+// background work. The node is not serving yet.
+func (n *node[V]) startDisk(dd *dataDir) {
+	n.disk = dd
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		run(dd, n, n.ctx)
+	}()
+}
+
+// close stops the node: it closes every listener and link, returns once
+// every goroutine the node started has exited, and closes the data
+// directory, whose last fsync's error it returns.
+func (n *node[V]) close() error {
 	n.mu.Lock()
 	if n.closing {
 		n.mu.Unlock()
 		n.wg.Wait()
-		return
+		return nil
 	}
 	n.closing = true
 	n.cancel(ErrClosed) // closes every link's connection
@@ -227,16 +244,21 @@ func (n *node[V]) close() {
 	}
 	n.mu.Unlock()
 	n.wg.Wait()
+	if n.disk != nil {
+		return n.disk.close()
+	}
+	return nil
 }
 
 // closeIfOwner closes the node if h owns it.
-func (n *node[V]) closeIfOwner(h any) {
+func (n *node[V]) closeIfOwner(h any) error {
 	n.mu.Lock()
 	own := n.owner == h
 	n.mu.Unlock()
 	if own {
-		n.close()
+		return n.close()
 	}
+	return nil
 }
 
 // swap replaces the data served. The caller holds writeMu. When the
@@ -247,6 +269,11 @@ func (n *node[V]) closeIfOwner(h any) {
 func (n *node[V]) swap(d *dataset[V]) {
 	old := n.cur.Swap(d)
 	n.seeEpoch(d.hist.epoch)
+	if n.disk != nil && old.store == d.store {
+		// The same data in a new history. (New data is a new
+		// generation, which the full sync committed before the swap.)
+		n.disk.noteHistory(d.hist)
+	}
 	if old.hist != d.hist || old.store != d.store {
 		n.dropLinks(errHistoryChanged)
 	}
@@ -325,14 +352,20 @@ func (n *node[V]) dropLinks(err error) {
 	}
 }
 
-// appendRecord adds a data record to d's stream. The caller holds writeMu
-// and has applied the record to d's store. A record may come in two
-// parts (a replica's frame header and the rest as read off the wire).
-func (n *node[V]) appendRecord(d *dataset[V], head, rest []byte) {
+// appendRecord adds a data record to d's stream, and to the data
+// directory's log if d is the data served. The caller holds writeMu and
+// has applied the record to d's store. A record may come in two parts (a
+// replica's frame header and the rest as read off the wire). An error is
+// the data directory's failure.
+func (n *node[V]) appendRecord(d *dataset[V], head, rest []byte) error {
 	d.backlog.append(head, rest)
 	if n.testHookWrite != nil {
 		n.testHookWrite(append(head[:len(head):len(head)], rest...), d.backlog.end.Load())
 	}
+	if n.disk != nil && d == n.data() {
+		return n.disk.append(head, rest)
+	}
+	return nil
 }
 
 // linkInfo returns the links' view for PrimaryInfo and ReplicaInfo.
@@ -342,4 +375,13 @@ func (n *node[V]) linkInfo(end uint64) []ReplicaLink {
 		out = append(out, l.info(end))
 	}
 	return out
+}
+
+// durable returns the offset up to which the data directory holds the
+// stream, 0 without one.
+func (n *node[V]) durable() uint64 {
+	if n.disk == nil {
+		return 0
+	}
+	return n.disk.durable()
 }

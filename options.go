@@ -95,6 +95,13 @@ type config struct {
 	minReplicasLag time.Duration
 	advertiseAddr  string
 	maxSnapshot    int64
+
+	dataDir       string
+	fsync         FsyncPolicy
+	fsys          fileSystem    // the data directory's file system (tests fault it)
+	fsyncInterval time.Duration // FsyncEverySecond's bound on unsynced writes
+	segmentSize   int64         // log segment rotation size
+	snapshotMin   int64         // log bytes after a snapshot before the next one
 }
 
 func newConfig(opts []Option) (config, error) {
@@ -112,6 +119,11 @@ func newConfig(opts []Option) (config, error) {
 		reconnectMax: DefaultReconnectMax,
 
 		maxHandshakes: DefaultMaxPendingHandshakes,
+
+		fsys:          osFS{},
+		fsyncInterval: time.Second,
+		segmentSize:   64 << 20,
+		snapshotMin:   64 << 20,
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -164,6 +176,9 @@ func (c *config) validate() error {
 	}
 	if c.maxHandshakes <= 0 {
 		bad("pending handshake limit %d is not positive", c.maxHandshakes)
+	}
+	if c.fsync < FsyncEverySecond || c.fsync > FsyncNever {
+		bad("fsync policy %d is not one of FsyncEverySecond, FsyncAlways, FsyncNever", int(c.fsync))
 	}
 	if c.minReplicas < 0 || (c.minReplicas > 0 && c.minReplicasLag <= 0) {
 		bad("min replicas %d within %v: need n >= 0 and a positive lag", c.minReplicas, c.minReplicasLag)
@@ -326,4 +341,63 @@ func WithAdvertiseAddr(addr string) Option {
 // load. Zero, the default, sets no cap. Replica only.
 func WithMaxSnapshotSize(bytes int64) Option {
 	return optionFunc(func(c *config) { c.maxSnapshot = bytes })
+}
+
+// WithDataDir makes a Primary or Replica keep its data and history in dir,
+// created if missing, so that it survives a restart (see the package
+// documentation, "Durability", and docs/datadir.md for the layout). A
+// Primary or Replica started on a directory that holds data loads it and
+// continues where it stopped: a primary in a new history that continues
+// the old one (so its replicas resume with a partial resync), a replica in
+// its old history. Only one process may use a directory at a time. The
+// directory stays with the node through role changes (Promote, Demote,
+// Handover); given to those, it is ignored.
+func WithDataDir(dir string) Option {
+	return optionFunc(func(c *config) { c.dataDir = dir })
+}
+
+// WithFsync sets when writes to the data directory reach the disk:
+// [FsyncEverySecond] (the default), [FsyncAlways] or [FsyncNever]. It has
+// no effect without [WithDataDir].
+func WithFsync(p FsyncPolicy) Option {
+	return optionFunc(func(c *config) { c.fsync = p })
+}
+
+// FsyncPolicy says when writes to a data directory are made durable with
+// fsync.
+type FsyncPolicy int
+
+const (
+	// FsyncEverySecond fsyncs in the background, so a crash of the
+	// machine loses at most about the last second of writes (a crash of
+	// the process alone loses none that reached the kernel; writes are
+	// handed to it within that second). A write never waits for the disk,
+	// unless the disk falls behind: once the oldest write not yet on disk
+	// is a second old, writes block until it is, rather than let the loss
+	// window grow (Redis's everysec can lose two seconds, and more on a
+	// stalled disk).
+	FsyncEverySecond FsyncPolicy = iota
+
+	// FsyncAlways makes Set, Delete and every write return only once the
+	// write is on disk. Concurrent writers share an fsync (group
+	// commit), so throughput grows with the number of writers.
+	FsyncAlways
+
+	// FsyncNever leaves flushing to the operating system: a crash of the
+	// process loses at most the writes still in replmap's 64 KiB buffer,
+	// a crash of the machine whatever the kernel had not written. Sync
+	// and Close still fsync.
+	FsyncNever
+)
+
+func (p FsyncPolicy) String() string {
+	switch p {
+	case FsyncEverySecond:
+		return "everysec"
+	case FsyncAlways:
+		return "always"
+	case FsyncNever:
+		return "never"
+	}
+	return fmt.Sprintf("FsyncPolicy(%d)", int(p))
 }

@@ -48,10 +48,21 @@ type Primary[V any] struct {
 // NewPrimary returns a Primary with an empty store, starting a new history
 // at offset 0 (of epoch 0, or that of [WithEpoch]). It reports every
 // invalid option at once, each wrapping ErrInvalidOption.
+//
+// With [WithDataDir], a directory that holds data is loaded instead: the
+// Primary has its data and offset, its epoch (or WithEpoch's, if higher),
+// and a new history that continues the one saved (ReplID2 is the old
+// ReplID, up to the saved offset), with its backlog refilled from the log,
+// so that its replicas resume with a partial resync. Damage is an error
+// wrapping ErrChecksum; a directory whose data is gone is ErrLostState
+// unless [WithAllowDataLoss] is given.
 func NewPrimary[V any](opts ...Option) (*Primary[V], error) {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.dataDir != "" {
+		return openPrimary[V](cfg, opts, nil)
 	}
 	d := &dataset[V]{
 		store:   newStore[V](),
@@ -61,6 +72,58 @@ func NewPrimary[V any](opts ...Option) (*Primary[V], error) {
 	n := newNode(cfg, rolePrimary, d)
 	p := newPrimaryHandle(n, cfg)
 	p.opts = opts
+	return p, nil
+}
+
+// openPrimary starts a Primary on cfg's data directory: on the data it
+// holds, or, if it holds none, on restored (a backup's data and history)
+// or else empty.
+func openPrimary[V any](cfg config, opts []Option, restored *dataset[V]) (*Primary[V], error) {
+	dd, ld, lost, err := openDataDir[V](cfg, cfg.logger)
+	if err != nil {
+		return nil, err
+	}
+	var d *dataset[V]
+	switch {
+	case ld != nil && restored != nil:
+		dd.close()
+		return nil, fmt.Errorf("%w: data directory %s already holds data: restore into an empty one", ErrInvalidOption, cfg.dataDir)
+	case ld != nil:
+		end := ld.backlog.end.Load()
+		d = &dataset[V]{store: ld.store, backlog: ld.backlog, hist: history{
+			replID:        newReplID(),
+			replID2:       ld.rec.hist.replID,
+			replID2Offset: end,
+			epoch:         max(ld.rec.hist.epoch, cfg.epoch),
+		}}
+	case restored != nil:
+		d = restored
+	default:
+		d = &dataset[V]{
+			store:   newStore[V](),
+			backlog: newBacklog(cfg, 0),
+			hist:    history{replID: newReplID(), epoch: max(lost.hist.epoch, cfg.epoch)},
+		}
+	}
+	n := newNode(cfg, rolePrimary, d)
+	if ld != nil {
+		n.disk = dd
+		dd.noteHistory(d.hist)
+		err = dd.failed()
+	} else {
+		err = newGen(dd, n, d)
+	}
+	if err != nil {
+		n.close()
+		dd.close()
+		return nil, fmt.Errorf("replmap: data directory %s: %w", cfg.dataDir, err)
+	}
+	n.startDisk(dd)
+	p := newPrimaryHandle(n, cfg)
+	p.opts = opts
+	if ld != nil {
+		n.logger().Info("restarted from the data directory", "offset", d.offset(), "keys", d.store.len(), "continues", ld.rec.hist.replID, "epoch", d.hist.epoch)
+	}
 	return p, nil
 }
 
@@ -94,13 +157,35 @@ func (p *Primary[V]) Serve(l net.Listener) error {
 // every goroutine the Primary started has exited. The data stays readable
 // with Get, Len and All; writes return ErrClosed. A second Close returns
 // nil, and so does Close after Demote, which has closed p already.
+//
+// With a data directory, Close makes every write durable and returns the
+// error of that last fsync, if it fails.
 func (p *Primary[V]) Close() error {
 	p.closingOnce.Do(func() { close(p.closing) })
 	p.handoverMu.Lock()
 	defer p.handoverMu.Unlock()
 	p.closeHandle()
-	p.n.closeIfOwner(p)
-	return nil
+	return p.n.closeIfOwner(p)
+}
+
+// Sync makes every write made so far durable in the data directory
+// (flushed and fsynced), whatever the [WithFsync] policy. It returns nil
+// at once without a data directory, ErrClosed after Close, and the
+// directory's failure if a write or fsync to it has failed: then writes
+// have stopped (see [WithDataDir]).
+func (p *Primary[V]) Sync() error {
+	if p.closed() {
+		return ErrClosed
+	}
+	dd := p.n.disk
+	if dd == nil {
+		return nil
+	}
+	err := dd.sync()
+	if err != nil && p.closed() {
+		return ErrClosed
+	}
+	return err
 }
 
 // closeHandle marks p closed and wakes its blocked Waits.
@@ -143,6 +228,8 @@ func (p *Primary[V]) writable() error {
 		return ErrClosed
 	case p.n.stale.Load():
 		return fmt.Errorf("%w: a replica has seen a newer epoch than this primary's %d", ErrStaleEpoch, p.n.data().hist.epoch)
+	case p.n.disk != nil && p.n.disk.failed() != nil:
+		return p.n.disk.failed()
 	case p.cfg.minReplicas > 0:
 		if k := p.n.freshReplicas(p.cfg.minReplicasLag); k < p.cfg.minReplicas {
 			return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", ErrNotEnoughReplicas, k, p.cfg.minReplicas, p.cfg.minReplicasLag)
@@ -179,14 +266,16 @@ func (p *Primary[V]) Set(key string, value V) error {
 			} else {
 				d.store.set(key, value)
 			}
-			n.appendRecord(d, frame, nil)
+			err = n.appendRecord(d, frame, nil)
+			end := d.offset()
 			n.writeMu.Unlock()
+			n.wakeLinks()
+			if err == nil && n.disk != nil {
+				err = n.disk.afterWrite(end)
+			}
 		}
 	}
 	p.putFrameBuf(buf, frame)
-	if err == nil {
-		p.n.wakeLinks()
-	}
 	return err
 }
 
@@ -205,14 +294,18 @@ func (p *Primary[V]) Delete(key string) error {
 	d, err := p.lockForWrite()
 	if err == nil {
 		if existed = d.store.delete(key); existed {
-			n.appendRecord(d, frame, nil)
+			err = n.appendRecord(d, frame, nil)
 		}
+		end := d.offset()
 		n.writeMu.Unlock()
+		if existed {
+			n.wakeLinks()
+			if err == nil && n.disk != nil {
+				err = n.disk.afterWrite(end)
+			}
+		}
 	}
 	p.putFrameBuf(buf, frame)
-	if existed {
-		n.wakeLinks()
-	}
 	return err
 }
 
@@ -268,5 +361,6 @@ func (p *Primary[V]) Info() PrimaryInfo {
 		BacklogBytes:  int(end - start),
 		Keys:          d.store.len(),
 		Replicas:      n.linkInfo(end),
+		DurableOffset: n.durable(),
 	}
 }

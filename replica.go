@@ -96,8 +96,15 @@ func (s *signal) fired() bool {
 
 // NewReplica returns a Replica of the primary at primaryAddr, reached
 // through t, and starts syncing in the background; use WaitSynced to wait
-// for the first sync. It fails only for invalid arguments: connection
-// problems are retried until Close, and show in Info.
+// for the first sync. It fails only for invalid arguments and a data
+// directory it cannot open: connection problems are retried until Close,
+// and show in Info.
+//
+// With [WithDataDir], a directory that holds data is loaded and served at
+// once, before any connection, and the Replica resumes from it with a
+// partial resync where its primary's history and backlog allow. Damage is
+// an error wrapping ErrChecksum; a directory whose data is gone starts
+// empty.
 func NewReplica[V any](t transport.Transport, primaryAddr string, opts ...Option) (*Replica[V], error) {
 	cfg, err := newConfig(opts)
 	if t == nil {
@@ -107,7 +114,23 @@ func NewReplica[V any](t transport.Transport, primaryAddr string, opts ...Option
 		return nil, err
 	}
 	d := &dataset[V]{store: newStore[V](), backlog: newBacklog(cfg, 0)}
+	var dd *dataDir
+	if cfg.dataDir != "" {
+		// A replica whose data is lost starts empty: it only has to sync.
+		dcfg := cfg
+		dcfg.allowDataLoss = true
+		var ld *loadedData[V]
+		if dd, ld, _, err = openDataDir[V](dcfg, cfg.logger); err != nil {
+			return nil, err
+		}
+		if ld != nil {
+			d = &dataset[V]{store: ld.store, backlog: ld.backlog, hist: ld.rec.hist}
+		}
+	}
 	n := newNode(cfg, roleReplica, d)
+	if dd != nil {
+		n.startDisk(dd)
+	}
 	r := newReplicaHandle(n, t, primaryAddr, cfg, opts)
 	r.start()
 	return r, nil
@@ -302,6 +325,7 @@ func (r *Replica[V]) Info() ReplicaInfo {
 		SyncKeys:       int(r.syncKeys.Load()),
 		Keys:           d.store.len(),
 		Replicas:       r.n.linkInfo(end),
+		DurableOffset:  r.n.durable(),
 	}
 	if ns := r.lastIO.Load(); ns != 0 {
 		info.LastIO = time.Unix(0, ns)
@@ -324,8 +348,7 @@ func (r *Replica[V]) Close() error {
 	r.mu.Unlock()
 	r.stop()
 	r.closeHandle()
-	r.n.closeIfOwner(r)
-	return nil
+	return r.n.closeIfOwner(r)
 }
 
 // closeHandle marks r closed. The sync loop has stopped.
@@ -479,6 +502,11 @@ type replicaSession[V any] struct {
 	loader  *snapshotLoader[V] // loads target's store until END
 	pending bool               // target is a loaded snapshot not yet served
 	until   uint64             // offset at which a pending snapshot is exact
+
+	// snap records a full sync's stream, which is a snapshot in the
+	// backup format, as the data directory's next generation gen.
+	snap *snapshotFile
+	gen  uint64
 }
 
 // next reads a frame and notes the I/O: when the bytes read so far are
@@ -516,6 +544,11 @@ func (s *replicaSession[V]) receive() error {
 		return linkError("handshake", s.addr, fmt.Errorf("%w: unexpected %s in handshake", ErrProtocol, t))
 	}
 	err = s.stream()
+	if s.snap != nil { // a full sync cut short
+		s.snap.abort()
+		_ = s.snap.fsys.RemoveAll(s.snap.dir)
+		s.snap = nil
+	}
 	if s.loader != nil {
 		return linkError("sync", s.addr, err)
 	}
@@ -593,6 +626,12 @@ func (s *replicaSession[V]) startSnapshot(full []byte) error {
 		return fmt.Errorf("%w: primary offers history %s at offset %d (epoch %d), unrelated to this replica's %s at %d (epoch %d)",
 			ErrWouldLoseData, st.replID, st.offset, st.epoch, cur.hist.replID, off, n.maxEpoch.Load())
 	}
+	if dd := n.disk; dd != nil {
+		if s.snap, s.gen, err = beginGen(dd, n); err != nil {
+			return err
+		}
+		s.tee()
+	}
 	n.seeEpoch(st.epoch)
 	r.state.Store(StateSyncing)
 	r.syncKeys.Store(0)
@@ -626,7 +665,21 @@ func (s *replicaSession[V]) maybeSwap() error {
 	}
 	r, n := s.r, s.n
 	s.pending = false
+	var err error
+	if s.snap != nil {
+		_, err = s.snap.finish(s.until)
+	}
 	n.writeMu.Lock()
+	if s.snap != nil {
+		if err == nil {
+			err = n.disk.commitGen(s.snap, s.gen, s.until, s.target.hist)
+		}
+		if err != nil {
+			n.writeMu.Unlock()
+			return n.disk.fail(err)
+		}
+		s.snap = nil
+	}
 	old := n.data()
 	if shared, ok := sharedPrefix(old.hist, s.target.hist); ok && old.offset() > shared {
 		// This replica was ahead of the new primary in the history they
@@ -645,6 +698,14 @@ func (s *replicaSession[V]) maybeSwap() error {
 	s.startStreaming()
 	// Tell the primary at once, so a Wait need not wait for a heartbeat.
 	return s.writeAck()
+}
+
+// tee records the frame just read in the full sync's snapshot file. A
+// failure to write it shows when the snapshot is finished.
+func (s *replicaSession[V]) tee() {
+	head, rest := s.fr.raw()
+	s.snap.w.Write(head)
+	s.snap.w.Write(rest)
 }
 
 // sharedPrefix returns how far the replica's history mine and the
@@ -683,13 +744,24 @@ func (s *replicaSession[V]) apply(t frameType, payload []byte) error {
 		n.writeMu.Unlock()
 		return err
 	}
-	n.appendRecord(s.target, head, rest)
+	err = n.appendRecord(s.target, head, rest)
 	serving := n.data() == s.target
+	end := s.target.offset()
 	n.writeMu.Unlock()
 	if serving {
 		s.progress = true
 		n.wakeLinks()
-		n.offsets.notify(s.target.offset())
+		n.offsets.notify(end)
+		if err == nil && n.disk != nil {
+			// FsyncAlways: once per batch of frames read together, so
+			// a replica shares its fsyncs the way writers do.
+			if n.disk.policy != FsyncAlways || s.fr.r.Buffered() == 0 {
+				err = n.disk.afterWrite(end)
+			}
+		}
+	}
+	if err != nil {
+		return err
 	}
 	return s.maybeSwap()
 }
@@ -703,6 +775,9 @@ func (s *replicaSession[V]) stream() error {
 		t, payload, _, err := s.next()
 		if err != nil {
 			return err
+		}
+		if s.snap != nil && (t == frameSet || t == frameDel || t == frameChunk || t == frameEnd) {
+			s.tee()
 		}
 		switch t {
 		case frameSet, frameDel:

@@ -80,6 +80,13 @@ var (
 	// took over its name ([WithReplicaName]) and is still connected: names
 	// must be unique among a primary's replicas.
 	ErrDuplicateName = errors.New("replmap: another replica uses this name")
+
+	// ErrLostState is returned by NewPrimary for a data directory whose
+	// history record survives but whose data does not (deleted, or on a
+	// volume that was not mounted): starting empty would wipe every
+	// replica's data (valkey#579). Pass [WithAllowDataLoss] to start
+	// empty anyway, in a new history of the same epoch.
+	ErrLostState = errors.New("replmap: data directory lost its data")
 )
 
 // LinkError describes the failure of one replication link, on either end.
@@ -115,6 +122,7 @@ type PrimaryInfo struct {
 	Epoch         uint64        // fencing epoch of this history
 	Stale         bool          // a replica of a newer epoch was seen: writes return ErrStaleEpoch
 	Offset        uint64        // replication offset of the last write
+	DurableOffset uint64        // the data directory holds the stream up to here (0 without one)
 	FullSyncs     uint64        // full syncs served since start
 	PartialSyncs  uint64        // partial resyncs served since start
 	DroppedSlow   uint64        // links dropped since start for falling past a replica buffer limit
@@ -168,6 +176,7 @@ type ReplicaInfo struct {
 	ReplID2Offset  uint64        // ReplID2's history is shared up to this offset
 	Epoch          uint64        // highest epoch seen
 	Offset         uint64        // offset of the last write applied to the data served
+	DurableOffset  uint64        // the data directory holds the stream up to here (0 without one)
 	DiscardedBytes uint64        // stream bytes thrown away by full syncs from a primary behind this replica's related history (R3)
 	Replicas       []ReplicaLink // sub-replicas served (see Replica.Serve)
 	Primary        string        // the primary's address

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The stream on disk: segment files holding exactly the stream's data
@@ -38,8 +39,7 @@ import (
 // the middle of a write leaves) is dropped; any other damage is an error
 // wrapping ErrChecksum that names the file and the offset in it.
 //
-// This is the lowest layer of the data directory (issue 9): not yet used
-// by Primary or Replica.
+// The data directory (datadir.go) keeps one stream log per generation.
 type streamLog struct {
 	fsys       fileSystem
 	dir        string
@@ -58,6 +58,14 @@ type streamLog struct {
 	syncMu  sync.Mutex    // held by the goroutine doing an fsync for everyone (group commit)
 	durable atomic.Uint64 // every stream byte below it is on disk
 	fsyncs  atomic.Uint64 // fsyncs done, for tests and Info
+
+	// pendingSince is when the oldest byte not yet handed to an fsync was
+	// appended, and inflightSince the same for the bytes an fsync under
+	// way covers (UnixNano, 0 if none): the age of the oldest write not
+	// yet durable, which FsyncEverySecond bounds.
+	pendingSince  atomic.Int64
+	inflightSince atomic.Int64
+	now           func() time.Time
 }
 
 const (
@@ -93,8 +101,10 @@ func segmentHeader(start uint64) []byte {
 
 // openStreamLog opens the stream log in dir, recovering what a crash left,
 // and returns it ready to append at its end. A directory with no segment
-// starts a stream at offset start.
-func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, maxFrame int, log *slog.Logger) (*streamLog, error) {
+// starts a stream at offset start. If replay is not nil it is called with
+// every valid frame in the log, in order, and the file it is in; an error
+// from it ends the open.
+func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, maxFrame int, log *slog.Logger, replay func(frame []byte, file string) error) (*streamLog, error) {
 	if err := fsys.MkdirAll(dir); err != nil {
 		return nil, err
 	}
@@ -102,7 +112,7 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 	if err != nil {
 		return nil, err
 	}
-	l := &streamLog{fsys: fsys, dir: dir, maxSegment: maxSegment, maxFrame: maxFrame, log: log}
+	l := &streamLog{fsys: fsys, dir: dir, maxSegment: maxSegment, maxFrame: maxFrame, log: log, now: time.Now}
 	for _, name := range names {
 		if s, ok := parseSegmentName(name); ok {
 			l.segments = append(l.segments, s)
@@ -115,7 +125,7 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 			return nil, fmt.Errorf("%w: %s starts at offset %d, but the segment before ends at %d",
 				ErrChecksum, filepath.Join(dir, segmentName(s)), s, l.end)
 		}
-		end, size, err := l.recoverSegment(s, last)
+		end, size, err := l.recoverSegment(s, last, replay)
 		if err != nil {
 			return nil, err
 		}
@@ -159,7 +169,7 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 // recoverSegment checks the segment that starts at start, frame by frame,
 // and returns the offset it ends at and its valid size in bytes. In the
 // last segment a torn tail is cut off; anywhere else, damage is an error.
-func (l *streamLog) recoverSegment(start uint64, last bool) (end uint64, size int64, err error) {
+func (l *streamLog) recoverSegment(start uint64, last bool, replay func([]byte, string) error) (end uint64, size int64, err error) {
 	name := filepath.Join(l.dir, segmentName(start))
 	f, err := l.fsys.OpenFile(name, os.O_RDWR, 0)
 	if err != nil {
@@ -187,6 +197,11 @@ func (l *streamLog) recoverSegment(start uint64, last bool) (end uint64, size in
 	for pos < len(data) {
 		n, ok := validFrame(data[pos:], l.maxFrame)
 		if ok {
+			if replay != nil {
+				if err := replay(data[pos:pos+n], name); err != nil {
+					return 0, 0, err
+				}
+			}
 			pos += n
 			continue
 		}
@@ -270,6 +285,9 @@ func (l *streamLog) append(parts ...[]byte) error {
 	if l.err != nil {
 		return l.err
 	}
+	if l.pendingSince.Load() == 0 {
+		l.pendingSince.Store(l.now().UnixNano())
+	}
 	for _, p := range parts {
 		if _, err := l.w.Write(p); err != nil {
 			return l.fail(err)
@@ -348,6 +366,7 @@ func (l *streamLog) sync(target uint64) error {
 				err = l.fail(err)
 			}
 		}
+		l.inflightSince.Store(l.pendingSince.Swap(0))
 		l.mu.Unlock()
 		if err == nil {
 			// Outside mu, so appends go on during the fsync. A rotation
@@ -366,6 +385,9 @@ func (l *streamLog) sync(target uint64) error {
 				raise(&l.durable, end)
 			}
 		}
+		if err == nil {
+			l.inflightSince.Store(0)
+		}
 		l.syncMu.Unlock()
 		if err != nil {
 			return err
@@ -374,6 +396,49 @@ func (l *streamLog) sync(target uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.err
+}
+
+// oldestPending returns when the oldest write not yet on disk was
+// appended, or the zero time if every write is.
+func (l *streamLog) oldestPending() time.Time {
+	t := l.inflightSince.Load()
+	if t == 0 {
+		t = l.pendingSince.Load()
+	}
+	if t == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, t)
+}
+
+// failed returns the log's failure, if it has failed.
+func (l *streamLog) failed() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// first returns the offset the oldest segment starts at.
+func (l *streamLog) first() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.segments[0]
+}
+
+// removeBelow removes the segments that hold only offsets below offset,
+// never the one being written. A failure is logged and left for a later
+// call: what it would have removed is still valid.
+func (l *streamLog) removeBelow(offset uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.segments) > 1 && l.segments[1] <= offset {
+		name := filepath.Join(l.dir, segmentName(l.segments[0]))
+		if err := l.fsys.Remove(name); err != nil {
+			l.log.Warn("could not remove a log segment", "file", name, "err", err)
+			return
+		}
+		l.segments = l.segments[1:]
+	}
 }
 
 // close makes everything appended durable and closes the segment.

@@ -82,7 +82,7 @@ func testFrames(t testing.TB, n int) [][]byte {
 
 func openTestLog(t testing.TB, fsys fileSystem, dir string, maxSegment int64) *streamLog {
 	t.Helper()
-	l, err := openStreamLog(fsys, dir, 100, maxSegment, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+	l, err := openStreamLog(fsys, dir, 100, maxSegment, DefaultMaxFrameSize, slog.New(slog.DiscardHandler), nil)
 	require.NoError(t, err)
 	return l
 }
@@ -202,7 +202,7 @@ func TestStreamLogDamage(t *testing.T) {
 		require.NoError(t, err)
 		b[segmentHeaderSize+len(frames[0])+7] ^= 0x10 // inside frame 1
 		require.NoError(t, os.WriteFile(seg, b, 0o644))
-		_, err = openStreamLog(osFS{}, dir, 100, 1<<20, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+		_, err = openStreamLog(osFS{}, dir, 100, 1<<20, DefaultMaxFrameSize, slog.New(slog.DiscardHandler), nil)
 		require.ErrorIs(t, err, ErrChecksum)
 		assert.Contains(t, err.Error(), seg)
 	})
@@ -218,7 +218,7 @@ func TestStreamLogDamage(t *testing.T) {
 			b := append([]byte(nil), orig...)
 			b[i] ^= 0x01
 			require.NoError(t, os.WriteFile(first, b, 0o644))
-			_, err = openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+			_, err = openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler), nil)
 			require.ErrorIs(t, err, ErrChecksum, "bit flip at byte %d", i)
 		}
 	})
@@ -229,7 +229,7 @@ func TestStreamLogDamage(t *testing.T) {
 		require.NoError(t, err)
 		require.Greater(t, len(names), 2)
 		require.NoError(t, os.Remove(filepath.Join(dir, names[1])))
-		_, err = openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler))
+		_, err = openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler), nil)
 		require.ErrorIs(t, err, ErrChecksum)
 	})
 }

@@ -1,0 +1,606 @@
+package replmap
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A data directory ([WithDataDir]) holds a node's data and history:
+//
+//	history                  the history record (histfile.go): which history
+//	                         the data belongs to, and which generation holds it
+//	gen-<16 hex digits>/     one generation: data built by one stream
+//	    snap-<20 digits>.snap  a snapshot exact at that offset, in the
+//	                           backup format (backup.go)
+//	    log-<20 digits>.seg    the stream from some offset at or before the
+//	                           snapshot's on (streamlog.go)
+//
+// The history record is the commit point. A generation is replaced whole
+// (a replica's full sync) by writing the new one beside it, then the
+// record naming it; a crash in between leaves the old one in force, and
+// the next open removes the other. Within a generation the stream only
+// grows: a snapshot is taken from memory in the background and, once it
+// and the log up to it are on disk, older snapshots and the segments
+// neither it nor the backlog need are removed, so the directory stays
+// bounded by about two snapshots and the log written since the last one.
+//
+// Every write appended to the node's stream is appended to the log of the
+// generation in force, under the node's writeMu, so that the log and the
+// stream hold the same bytes at the same offsets.
+type dataDir struct {
+	fsys          fileSystem
+	root          string
+	policy        FsyncPolicy
+	interval      time.Duration
+	segmentSize   int64
+	snapshotMin   int64
+	backlogSize   uint64
+	maxFrame      int
+	log           *slog.Logger
+	allowDataLoss bool
+
+	// Guarded by the node's writeMu.
+	rec      dirRecord // the history record on disk
+	snapAt   uint64    // offset of the generation's newest snapshot
+	snapSize int64     // and its size in bytes
+
+	stream atomic.Pointer[streamLog] // the generation's log; nil before a replica's first sync
+
+	failure    atomic.Pointer[error] // why the directory stopped taking writes
+	kick       chan struct{}         // asks the worker for a snapshot
+	compacting atomic.Bool
+	snapshots  atomic.Uint64 // snapshots written, for tests
+}
+
+const (
+	snapshotPrefix = "snap-"
+	snapshotSuffix = ".snap"
+	tempSuffix     = ".tmp"
+	genPrefix      = "gen-"
+)
+
+func genName(gen uint64) string { return fmt.Sprintf("%s%016x", genPrefix, gen) }
+
+func snapshotName(offset uint64) string {
+	return fmt.Sprintf("%s%020d%s", snapshotPrefix, offset, snapshotSuffix)
+}
+
+func parseSnapshotName(name string) (uint64, bool) {
+	s, ok := strings.CutPrefix(name, snapshotPrefix)
+	if !ok {
+		return 0, false
+	}
+	if s, ok = strings.CutSuffix(s, snapshotSuffix); !ok || len(s) != 20 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n, err == nil
+}
+
+func (dd *dataDir) genDir(gen uint64) string { return filepath.Join(dd.root, genName(gen)) }
+
+// loadedData is what a data directory held.
+type loadedData[V any] struct {
+	rec     dirRecord
+	store   *store[V]
+	backlog *backlog
+}
+
+// openDataDir opens the data directory of cfg and loads what it holds: nil
+// for a directory that never held data. A directory whose record survives
+// without its data is ErrLostState, unless cfg allows data loss (then it
+// is treated as empty, and lost.hist says which history was lost); damage
+// is an error wrapping ErrChecksum.
+func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedData[V], lost dirRecord, err error) {
+	dd = &dataDir{
+		fsys:          cfg.fsys,
+		root:          cfg.dataDir,
+		policy:        cfg.fsync,
+		interval:      cfg.fsyncInterval,
+		segmentSize:   cfg.segmentSize,
+		snapshotMin:   cfg.snapshotMin,
+		backlogSize:   uint64(cfg.backlogSize),
+		maxFrame:      cfg.maxFrameSize,
+		log:           log.With("dir", cfg.dataDir),
+		allowDataLoss: cfg.allowDataLoss,
+		kick:          make(chan struct{}, 1),
+	}
+	wrap := func(err error) error { return fmt.Errorf("replmap: data directory %s: %w", cfg.dataDir, err) }
+	if err := dd.fsys.MkdirAll(dd.root); err != nil {
+		return nil, nil, dirRecord{}, wrap(err)
+	}
+	rec, ok, err := readHistory(dd.fsys, dd.root)
+	if err != nil {
+		return nil, nil, dirRecord{}, wrap(err)
+	}
+	dd.rec = rec
+	if !ok {
+		// Never committed: whatever is here is what an interrupted first
+		// start left.
+		if err := dd.removeOtherGens(0); err != nil {
+			return nil, nil, dirRecord{}, wrap(err)
+		}
+		return dd, nil, dirRecord{}, nil
+	}
+	if err := dd.removeOtherGens(rec.gen); err != nil {
+		return nil, nil, dirRecord{}, wrap(err)
+	}
+	ld, err = loadGen[V](dd, cfg, rec)
+	if errors.Is(err, ErrLostState) && cfg.allowDataLoss {
+		dd.log.Warn("starting empty: the data directory lost its data", "err", err)
+		return dd, nil, rec, nil
+	}
+	if err != nil {
+		return nil, nil, dirRecord{}, wrap(err)
+	}
+	return dd, ld, dirRecord{}, nil
+}
+
+// removeOtherGens removes every generation but keep, and temporary files.
+func (dd *dataDir) removeOtherGens(keep uint64) error {
+	names, err := dd.fsys.ReadDir(dd.root)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		switch {
+		case strings.HasPrefix(name, genPrefix) && name != genName(keep),
+			strings.HasSuffix(name, tempSuffix):
+			if err := dd.fsys.RemoveAll(filepath.Join(dd.root, name)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loadGen loads the generation rec names: its newest snapshot, then the
+// log from the snapshot's offset on. The backlog is refilled with the
+// whole log, so replicas that were behind can still resume partially.
+func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], error) {
+	dir := dd.genDir(rec.gen)
+	names, err := dd.fsys.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s is missing", ErrLostState, dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var snap uint64
+	var found, segments bool
+	var stale []string
+	for _, name := range names {
+		if off, ok := parseSnapshotName(name); ok {
+			if found {
+				stale = append(stale, snapshotName(snap))
+			}
+			snap, found = off, true // names sort by offset
+		}
+		if _, ok := parseSegmentName(name); ok {
+			segments = true
+		}
+		if strings.HasSuffix(name, tempSuffix) {
+			stale = append(stale, name)
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: %s holds no snapshot", ErrLostState, dir)
+	}
+	if !segments {
+		return nil, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
+	}
+	name := filepath.Join(dir, snapshotName(snap))
+	f, err := dd.fsys.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	_, st, end, err := readBackup[V](bufio.NewReaderSize(f, 256<<10), cfg)
+	f.Close()
+	if err == nil && end != snap {
+		err = fmt.Errorf("snapshot is exact at offset %d, not %d", end, snap)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrChecksum, name, err)
+	}
+	size, _ := fileSize(dd.fsys, name)
+
+	// The log: every frame goes to the backlog, and those past the
+	// snapshot to the store as well.
+	var bl *backlog
+	var off uint64
+	replay := func(frame []byte, file string) error {
+		if off >= snap {
+			t := frameType(frame[4])
+			r, err := parseRecord(t, frame[frameHeaderSize:len(frame)-frameCRCSize], cfg.maxKeySize, cfg.maxValueSize)
+			if err == nil {
+				err = applyRecord(st, r)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: %s at offset %d: %w", ErrChecksum, file, off, err)
+			}
+		}
+		bl.append(frame)
+		off += uint64(len(frame))
+		return nil
+	}
+	first, err := firstSegment(dd.fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	if first > snap {
+		return nil, fmt.Errorf("%w: the log in %s starts at offset %d, after the snapshot at %d", ErrLostState, dir, first, snap)
+	}
+	bl, off = newBacklog(cfg, first), first
+	sl, err := openStreamLog(dd.fsys, dir, snap, dd.segmentSize, dd.maxFrame, dd.log, replay)
+	if err != nil {
+		return nil, err
+	}
+	if sl.end < snap {
+		sl.close()
+		return nil, fmt.Errorf("%w: the log in %s ends at offset %d, before the snapshot at %d", ErrLostState, dir, sl.end, snap)
+	}
+	for _, name := range stale {
+		if err := dd.fsys.Remove(filepath.Join(dir, name)); err != nil {
+			dd.log.Warn("could not remove a stale file", "file", name, "err", err)
+		}
+	}
+	dd.stream.Store(sl)
+	dd.snapAt, dd.snapSize = snap, size
+	dd.log.Info("loaded", "snapshot", snap, "offset", sl.end, "keys", st.len(), "backlog_from", first)
+	return &loadedData[V]{rec: rec, store: st, backlog: bl}, nil
+}
+
+// firstSegment returns the start of the oldest segment in dir.
+func firstSegment(fsys fileSystem, dir string) (uint64, error) {
+	names, err := fsys.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	for _, name := range names {
+		if s, ok := parseSegmentName(name); ok {
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
+}
+
+func fileSize(fsys fileSystem, name string) (int64, error) {
+	f, err := fsys.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Seek(0, 2)
+}
+
+// failed returns why the directory stopped taking writes, or nil.
+func (dd *dataDir) failed() error {
+	if e := dd.failure.Load(); e != nil {
+		return *e
+	}
+	if s := dd.stream.Load(); s != nil {
+		return s.failed()
+	}
+	return nil
+}
+
+// fail stops the directory taking writes; the first failure is kept.
+func (dd *dataDir) fail(err error) error {
+	err = fmt.Errorf("replmap: data directory %s failed, writes stopped: %w", dd.root, err)
+	if dd.failure.CompareAndSwap(nil, &err) {
+		dd.log.Error("data directory failed; writes stopped", "err", err)
+	}
+	return dd.failed()
+}
+
+// append adds a record to the log, if there is one. The caller holds
+// writeMu. It asks for a snapshot once the log since the last one has
+// grown past the threshold.
+func (dd *dataDir) append(head, rest []byte) error {
+	s := dd.stream.Load()
+	if s == nil {
+		return nil
+	}
+	if err := dd.failed(); err != nil {
+		return err
+	}
+	if err := s.append(head, rest); err != nil {
+		return err
+	}
+	if grown := s.offset() - dd.snapAt; grown >= uint64(max(dd.snapshotMin, dd.snapSize)) && !dd.compacting.Load() {
+		select {
+		case dd.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// afterWrite makes a write that ended at end as durable as the policy
+// asks, outside writeMu: FsyncAlways waits for it to be on disk (sharing
+// the fsync with concurrent writers), FsyncEverySecond waits only when the
+// oldest write not on disk is older than the interval.
+func (dd *dataDir) afterWrite(end uint64) error {
+	s := dd.stream.Load()
+	if s == nil {
+		return nil
+	}
+	switch dd.policy {
+	case FsyncAlways:
+		return s.sync(end)
+	case FsyncEverySecond:
+		if t := s.oldestPending(); !t.IsZero() && s.now().Sub(t) >= dd.interval {
+			return s.sync(end)
+		}
+	}
+	return s.failed()
+}
+
+// sync makes every write so far durable.
+func (dd *dataDir) sync() error {
+	s := dd.stream.Load()
+	if s == nil {
+		return dd.failed()
+	}
+	return s.sync(s.offset())
+}
+
+// durable returns the offset up to which the stream is on disk.
+func (dd *dataDir) durable() uint64 {
+	if s := dd.stream.Load(); s != nil {
+		return s.durable.Load()
+	}
+	return 0
+}
+
+// noteHistory writes h as the directory's history, if it changed. The
+// caller holds writeMu. A failure stops writes.
+func (dd *dataDir) noteHistory(h history) {
+	if dd.rec.hist == h || dd.stream.Load() == nil {
+		return
+	}
+	rec := dirRecord{hist: h, gen: dd.rec.gen}
+	if err := writeHistory(dd.fsys, dd.root, rec); err != nil {
+		dd.fail(err)
+		return
+	}
+	dd.rec = rec
+}
+
+// newGen writes d as a new generation, whole, and commits it: a snapshot
+// of d's data, an empty log from its offset, then the history record. The
+// caller holds no lock; n must not be taking writes yet.
+func newGen[V any](dd *dataDir, n *node[V], d *dataset[V]) error {
+	gen := dd.rec.gen + 1
+	dir := dd.genDir(gen)
+	if err := dd.fsys.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := dd.fsys.MkdirAll(dir); err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, snapshotName(0)+tempSuffix)
+	f, err := dd.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	sf := &snapshotFile{fsys: dd.fsys, f: f, w: bufio.NewWriterSize(f, 256<<10), dir: dir, tmp: tmp}
+	end, err := n.writeSnapshot(context.Background(), sf.w)
+	if err == nil {
+		_, err = sf.finish(end)
+	}
+	if err != nil {
+		sf.abort()
+		return err
+	}
+	return dd.commitGen(sf, gen, end, d.hist)
+}
+
+// snapshotFile is a snapshot being written, as a temporary file.
+type snapshotFile struct {
+	fsys fileSystem
+	f    file
+	w    *bufio.Writer
+	dir  string
+	tmp  string
+	size int64
+}
+
+// finish makes the snapshot durable under its name for offset.
+func (sf *snapshotFile) finish(offset uint64) (string, error) {
+	err := sf.w.Flush()
+	if err == nil {
+		sf.size, err = sf.f.Seek(0, 1)
+	}
+	if err == nil {
+		err = sf.f.Sync()
+	}
+	if cerr := sf.f.Close(); err == nil {
+		err = cerr
+	}
+	name := filepath.Join(sf.dir, snapshotName(offset))
+	if err == nil {
+		err = sf.fsys.Rename(sf.tmp, name)
+	}
+	if err == nil {
+		err = sf.fsys.SyncDir(sf.dir)
+	}
+	return name, err
+}
+
+// abort removes the snapshot being written.
+func (sf *snapshotFile) abort() {
+	sf.f.Close()
+	_ = sf.fsys.Remove(sf.tmp)
+}
+
+// commitGen starts the log of a new generation, whose snapshot sf is
+// finished and exact at end, and commits it with h: from then on the old
+// generation is gone. The caller holds writeMu, or has the node to itself.
+func (dd *dataDir) commitGen(sf *snapshotFile, gen, end uint64, h history) error {
+	dir := dd.genDir(gen)
+	sl, err := openStreamLog(dd.fsys, dir, end, dd.segmentSize, dd.maxFrame, dd.log, nil)
+	if err != nil {
+		return err
+	}
+	if sl.end != end {
+		sl.close()
+		return fmt.Errorf("%w: the new log in %s ends at %d, not %d", ErrChecksum, dir, sl.end, end)
+	}
+	rec := dirRecord{hist: h, gen: gen}
+	if err := writeHistory(dd.fsys, dd.root, rec); err != nil {
+		sl.close()
+		return err
+	}
+	old := dd.stream.Swap(sl)
+	oldGen := dd.rec.gen
+	dd.rec, dd.snapAt, dd.snapSize = rec, end, sf.size
+	if old != nil {
+		if err := old.close(); err != nil {
+			dd.log.Warn("closing the old generation's log", "err", err)
+		}
+	}
+	if oldGen != gen {
+		if err := dd.fsys.RemoveAll(dd.genDir(oldGen)); err != nil {
+			dd.log.Warn("could not remove the old generation", "dir", dd.genDir(oldGen), "err", err)
+		}
+	}
+	return nil
+}
+
+// beginGen starts writing a new generation's snapshot from a full sync's
+// stream (the frames a replica receives are the backup format): the
+// replica tees FULL, the CHUNKs, END and the records up to END's offset
+// into it, and commits it with commitGen when it swaps the new data in.
+func beginGen[V any](dd *dataDir, n *node[V]) (*snapshotFile, uint64, error) {
+	if err := dd.failed(); err != nil {
+		return nil, 0, err
+	}
+	n.writeMu.Lock()
+	gen := dd.rec.gen + 1
+	n.writeMu.Unlock()
+	dir := dd.genDir(gen)
+	if err := dd.fsys.RemoveAll(dir); err != nil {
+		return nil, 0, err
+	}
+	if err := dd.fsys.MkdirAll(dir); err != nil {
+		return nil, 0, err
+	}
+	tmp := filepath.Join(dir, snapshotName(0)+tempSuffix)
+	f, err := dd.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, 0, err
+	}
+	return &snapshotFile{fsys: dd.fsys, f: f, w: bufio.NewWriterSize(f, 256<<10), dir: dir, tmp: tmp}, gen, nil
+}
+
+// compact writes a snapshot of the node's data into the current
+// generation and removes what it makes unneeded. A failure stops writes:
+// the disk is failing.
+func compact[V any](dd *dataDir, n *node[V]) {
+	defer dd.compacting.Store(false)
+	n.writeMu.Lock()
+	d, gen, s := n.data(), dd.rec.gen, dd.stream.Load()
+	n.writeMu.Unlock()
+	if s == nil || dd.failed() != nil {
+		return
+	}
+	dir := dd.genDir(gen)
+	tmp := filepath.Join(dir, "snap"+tempSuffix)
+	f, err := dd.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		dd.fail(err)
+		return
+	}
+	sf := &snapshotFile{fsys: dd.fsys, f: f, w: bufio.NewWriterSize(f, 256<<10), dir: dir, tmp: tmp}
+	end, err := n.writeSnapshot(n.ctx, sf.w)
+	if err == nil {
+		// The log must reach the snapshot on disk: a restart replays it
+		// from there.
+		err = s.sync(end)
+	}
+	n.writeMu.Lock()
+	same := n.data().store == d.store && dd.rec.gen == gen
+	n.writeMu.Unlock()
+	if err != nil || !same {
+		sf.abort()
+		if err != nil && n.ctx.Err() == nil {
+			dd.fail(err)
+		}
+		return
+	}
+	name, err := sf.finish(end)
+	if err != nil {
+		_ = dd.fsys.Remove(sf.tmp)
+		dd.fail(err)
+		return
+	}
+	n.writeMu.Lock()
+	prev := dd.snapAt
+	if dd.rec.gen == gen {
+		dd.snapAt, dd.snapSize = end, sf.size
+	}
+	n.writeMu.Unlock()
+	dd.snapshots.Add(1)
+	if prev != end {
+		if err := dd.fsys.Remove(filepath.Join(dir, snapshotName(prev))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			dd.log.Warn("could not remove an old snapshot", "err", err)
+		}
+	}
+	// Keep the log the backlog would hold after a restart.
+	keep := end
+	if tail := s.offset(); tail > dd.backlogSize {
+		keep = min(keep, tail-dd.backlogSize)
+	} else {
+		keep = 0
+	}
+	s.removeBelow(keep)
+	dd.log.Debug("snapshot written", "file", name, "offset", end, "bytes", sf.size)
+}
+
+// run is the directory's background work: the FsyncEverySecond flusher
+// and snapshots, until ctx ends.
+func run[V any](dd *dataDir, n *node[V], ctx context.Context) {
+	var tick <-chan time.Time
+	if dd.policy == FsyncEverySecond {
+		t := time.NewTicker(dd.interval / 2)
+		defer t.Stop()
+		tick = t.C
+	}
+	// Snapshots run beside the flusher, one at a time.
+	var snapshots sync.WaitGroup
+	defer snapshots.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+			if s := dd.stream.Load(); s != nil && s.durable.Load() < s.offset() {
+				_ = s.sync(s.offset()) // a failure is kept by the log, and stops writes
+			}
+		case <-dd.kick:
+			if dd.compacting.CompareAndSwap(false, true) {
+				snapshots.Go(func() { compact(dd, n) })
+			}
+		}
+	}
+}
+
+// close makes everything durable and closes the log.
+func (dd *dataDir) close() error {
+	s := dd.stream.Load()
+	if s == nil {
+		return nil
+	}
+	return s.close()
+}

@@ -1,0 +1,98 @@
+package replmap
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+)
+
+// withSmallLog makes snapshots and segment rotations frequent.
+func withSmallLog(segment, snapshotAfter int64) Option {
+	return optionFunc(func(c *config) { c.segmentSize, c.snapshotMin = segment, snapshotAfter })
+}
+
+// TestPrimaryRestartKeepsDataAndHistory: D2 on one process.
+func TestPrimaryRestartKeepsDataAndHistory(t *testing.T) {
+	dir := t.TempDir()
+	for _, policy := range []FsyncPolicy{FsyncAlways, FsyncEverySecond, FsyncNever} {
+		t.Run(policy.String(), func(t *testing.T) {
+			dir := filepath.Join(dir, policy.String())
+			opts := append(fastOpts(t), WithDataDir(dir), WithFsync(policy), WithEpoch(3), withSmallLog(4<<10, 16<<10))
+			p, err := NewPrimary[string](opts...)
+			require.NoError(t, err)
+			want := map[string]string{}
+			for i := range 2000 {
+				k := fmt.Sprintf("k%04d", i%700)
+				if i%5 == 4 {
+					require.NoError(t, p.Delete(k))
+					delete(want, k)
+					continue
+				}
+				v := fmt.Sprintf("v%d", i)
+				require.NoError(t, p.Set(k, v))
+				want[k] = v
+			}
+			off, id := p.Offset(), p.ReplID()
+			require.NoError(t, p.Close())
+			assert.ErrorIs(t, p.Sync(), ErrClosed)
+
+			for round := range 3 {
+				p, err = NewPrimary[string](append(opts, WithEpoch(1))...)
+				require.NoError(t, err, "round %d", round)
+				assert.Equal(t, want, snapshotOf(p.All()))
+				info := p.Info()
+				assert.Equal(t, off, info.Offset)
+				assert.Equal(t, id, info.ReplID2)
+				assert.Equal(t, off, info.ReplID2Offset)
+				assert.Equal(t, uint64(3), info.Epoch, "the higher epoch is kept")
+				assert.Equal(t, off, info.DurableOffset)
+				assert.Less(t, info.BacklogFirst, info.Offset, "backlog refilled from the log")
+				require.NoError(t, p.Set("round", fmt.Sprint(round)))
+				want["round"] = fmt.Sprint(round)
+				off, id = p.Offset(), p.ReplID()
+				require.NoError(t, p.Close())
+			}
+		})
+	}
+}
+
+// TestDataDirLayout: snapshots are taken as the log grows and old
+// segments and snapshots go, so the directory stays bounded.
+func TestDataDirLayout(t *testing.T) {
+	dir := t.TempDir()
+	p, err := NewPrimary[string](append(fastOpts(t), WithDataDir(dir), WithBacklogSize(MinBacklogSize), withSmallLog(4<<10, 32<<10))...)
+	require.NoError(t, err)
+	for i := range 20000 {
+		require.NoError(t, p.Set(fmt.Sprintf("k%03d", i%500), fmt.Sprintf("value %d", i)))
+	}
+	require.Eventually(t, func() bool { return p.n.disk.snapshots.Load() > 0 && !p.n.disk.compacting.Load() }, 30*time.Second, time.Millisecond)
+	require.NoError(t, p.Close())
+	var total int64
+	gens, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, g := range gens {
+		names = append(names, g.Name())
+	}
+	assert.Equal(t, []string{"gen-0000000000000001", "history"}, names)
+	files, err := os.ReadDir(filepath.Join(dir, "gen-0000000000000001"))
+	require.NoError(t, err)
+	snaps := 0
+	for _, f := range files {
+		info, err := f.Info()
+		require.NoError(t, err)
+		total += info.Size()
+		if _, ok := parseSnapshotName(f.Name()); ok {
+			snaps++
+		}
+	}
+	assert.Equal(t, 1, snaps, "one snapshot kept")
+	t.Logf("%d files, %d bytes for %d stream bytes", len(files), total, p.Offset())
+	assert.Less(t, total, int64(200<<10), "the directory is bounded by a snapshot and the log since")
+}
