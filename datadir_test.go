@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/replmap/replmap/transport"
 )
 
 // withSmallLog makes snapshots and segment rotations frequent.
@@ -95,4 +96,72 @@ func TestDataDirLayout(t *testing.T) {
 	assert.Equal(t, 1, snaps, "one snapshot kept")
 	t.Logf("%d files, %d bytes for %d stream bytes", len(files), total, p.Offset())
 	assert.Less(t, total, int64(200<<10), "the directory is bounded by a snapshot and the log since")
+}
+
+// TestRestartsResumePartially: D2 and D3. A replica restarted on its
+// directory serves its data at once and resumes partially; a primary
+// restarted on its directory resumes both a replica that stayed connected
+// and one that was behind (its backlog is refilled from the log).
+func TestRestartsResumePartially(t *testing.T) {
+	tr := transport.NewInmem()
+	pdir, rdir := t.TempDir(), t.TempDir()
+	popts := append(fastOpts(t), WithDataDir(pdir), WithFsync(FsyncAlways))
+	p, err := NewPrimary[string](popts...)
+	require.NoError(t, err)
+	serve := func(p *Primary[string]) chan error {
+		l, err := tr.Listen("primary")
+		require.NoError(t, err)
+		served := make(chan error, 1)
+		go func() { served <- p.Serve(l) }()
+		return served
+	}
+	served := serve(p)
+	for i := range 300 {
+		require.NoError(t, p.Set(fmt.Sprintf("k%d", i), "a"))
+	}
+	ropts := append(fastOpts(t), WithDataDir(rdir), WithReplicaName("behind"))
+	r, err := NewReplica[string](tr, "primary", ropts...)
+	require.NoError(t, err)
+	live := startReplica[string](t, tr, "primary", WithReplicaName("live"))
+	requireConverged(t, p, r, live)
+	assert.Equal(t, uint64(1), r.Info().FullSyncs)
+
+	// The replica restarts while the primary writes on.
+	require.NoError(t, r.Close())
+	for i := range 300 {
+		require.NoError(t, p.Set(fmt.Sprintf("k%d", i), "b"))
+	}
+	r, err = NewReplica[string](tr, "primary", ropts...)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, r.Len(), 300, "served from the directory at once")
+	requireConverged(t, p, r, live)
+	info := r.Info()
+	assert.Equal(t, uint64(0), info.FullSyncs)
+	assert.Equal(t, uint64(1), info.PartialSyncs)
+
+	// Now it falls behind, and the primary restarts.
+	require.NoError(t, r.Close())
+	for i := range 300 {
+		require.NoError(t, p.Set(fmt.Sprintf("k%d", i), "c"))
+	}
+	behind := r.Offset()
+	require.NoError(t, p.Close())
+	require.ErrorIs(t, <-served, ErrClosed)
+	p, err = NewPrimary[string](popts...)
+	require.NoError(t, err)
+	served = serve(p)
+	defer func() {
+		require.NoError(t, p.Close())
+		require.ErrorIs(t, <-served, ErrClosed)
+	}()
+	r, err = NewReplica[string](tr, "primary", ropts...)
+	require.NoError(t, err)
+	defer r.Close()
+	assert.Equal(t, behind, r.Offset())
+	require.NoError(t, p.Set("after", "restart"))
+	requireConverged(t, p, r, live)
+	assert.Equal(t, uint64(0), r.Info().FullSyncs, "the replica that was behind resumed partially")
+	assert.Equal(t, uint64(1), r.Info().PartialSyncs)
+	assert.Equal(t, uint64(1), live.Info().FullSyncs, "the live replica did not full-sync again")
+	assert.Equal(t, uint64(0), p.Info().FullSyncs)
 }
