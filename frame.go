@@ -19,7 +19,8 @@ package replmap
 //	HELLO 'H'   u16 version, str replID ("" for none), u64 offset, str replica name,
 //	            str instance ID, u64 epoch (highest seen), u64 value type fingerprint,
 //	            u32 largest frame the replica reads
-//	ACK   'A'   u64 offset of the last write applied
+//	ACK   'A'   u64 offset of the last write applied, u64 offset the data directory holds
+//	            (0 without one; an ACK without it is accepted)
 //	PING  'P'   (empty) keep-alive while syncing
 //	LISTEN   'L'  str the address the replica serves sub-replicas on (sent before an ACK when it changed)
 //	PROMOTED 'R'  str the new replication ID: the replica took over after a FAILOVER
@@ -34,7 +35,7 @@ package replmap
 //	SET      's'  uv key length, key, value (the rest of the payload)
 //	DEL      'd'  key (the whole payload)
 //	PING     'P'  (empty) keep-alive on an idle link
-//	GETACK   'G'  (empty) asks for an ACK now
+//	GETACK   'G'  asks for an ACK now; empty, or a flag byte: 1 = fsync the data directory first
 //	ERROR    'X'  u16 error code; the primary closes the link after it
 //	FAILOVER 'O'  u64 offset, u64 epoch: become primary of that epoch if at that offset (a handover)
 //
@@ -60,7 +61,7 @@ import (
 )
 
 const (
-	protocolVersion = 2
+	protocolVersion = 3
 
 	frameHeaderSize = 5 // length + type
 	frameCRCSize    = 4
@@ -555,4 +556,24 @@ func parseFailover(b []byte) (offset, epoch uint64, err error) {
 	p := parser{b: b}
 	offset, epoch = p.u64("FAILOVER offset"), p.u64("FAILOVER epoch")
 	return offset, epoch, p.end("FAILOVER")
+}
+
+// appendAck appends an ACK: the offset applied, and the offset up to which
+// the replica's data directory holds the stream (0 without one).
+func appendAck(dst []byte, applied, durable uint64) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, frameAck)
+	dst = binary.BigEndian.AppendUint64(dst, applied)
+	dst = binary.BigEndian.AppendUint64(dst, durable)
+	return endFrame(dst, start)
+}
+
+// parseAck parses an ACK; one without the durable offset has none.
+func parseAck(b []byte) (applied, durable uint64, err error) {
+	p := parser{b: b}
+	applied = p.u64("ACK offset")
+	if len(p.b) > 0 {
+		durable = p.u64("ACK durable offset")
+	}
+	return applied, durable, p.end("ACK")
 }

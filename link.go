@@ -72,6 +72,8 @@ type link[V any] struct {
 	sent        atomic.Uint64 // stream offset handed to the connection
 	asked       atomic.Uint64 // stream offset the last GETACK followed
 	ack         atomic.Int64  // highest offset acknowledged; -1 before the first ACK
+	durable     atomic.Uint64 // highest offset the replica reported on disk
+	wantDurable atomic.Bool   // a WaitDurable asked: the next GETACK asks for an fsync
 	lastAck     atomic.Int64  // UnixNano of the last ACK
 	streaming   atomic.Bool   // snapshot done
 	ackable     atomic.Bool   // the sync's last frame (CONTINUE or END) is being sent: ACKs may come
@@ -129,6 +131,7 @@ func (l *link[V]) info(end uint64) ReplicaLink {
 	if l.streaming.Load() {
 		ri.State = LinkStreaming
 	}
+	ri.DurableOffset = l.durable.Load()
 	if off, ok := l.acked(); ok {
 		ri.AckOffset = off
 		ri.LastAck = time.Unix(0, l.lastAck.Load())
@@ -362,7 +365,11 @@ func (l *link[V]) flush(getack, ping bool) error {
 		// GETACK, so its ACK covers every Wait whose target is at or
 		// below asked.
 		l.asked.Store(l.cur.pos)
-		_, _ = l.bw.Write(getAckFrame)
+		if l.wantDurable.Swap(false) {
+			_, _ = l.bw.Write(getAckDurableFrame)
+		} else {
+			_, _ = l.bw.Write(getAckFrame)
+		}
 		wrote = true
 	}
 	if ping {
@@ -390,6 +397,24 @@ func (l *link[V]) requestAck(target uint64) {
 		if l.asked.Load() < target {
 			l.more = true
 		}
+		l.ackMu.Unlock()
+		return
+	}
+	l.inflight = true
+	l.ackMu.Unlock()
+	l.sendGetAck()
+}
+
+// requestDurableAck asks the replica to make target durable and say so,
+// unless it has: as requestAck, with the fsync flag on the next GETACK.
+func (l *link[V]) requestDurableAck(target uint64) {
+	if l.durable.Load() >= target {
+		return
+	}
+	l.wantDurable.Store(true)
+	l.ackMu.Lock()
+	if l.inflight {
+		l.more = true
 		l.ackMu.Unlock()
 		return
 	}
@@ -500,7 +525,13 @@ func (l *link[V]) drain(w *bufio.Writer) (wrote bool, err error) {
 var (
 	pingFrame   = appendFrame(nil, framePing, nil)
 	getAckFrame = appendFrame(nil, frameGetAck, nil)
+	// getAckDurableFrame asks the replica to make its data durable before
+	// it answers (WaitDurable).
+	getAckDurableFrame = appendFrame(nil, frameGetAck, []byte{getAckDurable})
 )
+
+// getAckDurable is the GETACK flag byte asking for an fsync first.
+const getAckDurable = 1
 
 // receive reads the replica's ACKs and keep-alives until the link fails.
 func (l *link[V]) receive(fr *frameReader) error {
@@ -511,7 +542,7 @@ func (l *link[V]) receive(fr *frameReader) error {
 		}
 		switch t {
 		case frameAck:
-			off, err := parseU64Frame(t, payload)
+			off, durable, err := parseAck(payload)
 			if err != nil {
 				return linkError("stream", l.addr, err)
 			}
@@ -522,6 +553,10 @@ func (l *link[V]) receive(fr *frameReader) error {
 				return linkError("stream", l.addr, fmt.Errorf("%w: ACK for offset %d beyond the %d sent", ErrProtocol, off, sent))
 			}
 			l.lastAck.Store(time.Now().UnixNano())
+			if durable = min(durable, off); durable > l.durable.Load() {
+				l.durable.Store(durable)
+				l.n.durableWaits.notify(l.n.durableCount)
+			}
 			if int64(off) > l.ack.Load() {
 				l.ack.Store(int64(off))
 				l.n.ackAdvanced()

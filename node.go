@@ -62,8 +62,9 @@ type node[V any] struct {
 	links     atomic.Pointer[[]*link[V]] // replaced whole under mu, read without it
 	replaced  map[string]string          // replica name -> the instance whose link another instance replaced
 
-	waits   waitList    // a Primary's blocked Waits
-	offsets offsetWaits // a Replica's blocked WaitOffsets
+	waits        waitList    // a Primary's blocked Waits
+	durableWaits waitList    // a Primary's blocked WaitDurables
+	offsets      offsetWaits // a Replica's blocked WaitOffsets
 
 	fullSyncs    atomic.Uint64 // full syncs served
 	partialSyncs atomic.Uint64 // partial resyncs served

@@ -192,6 +192,7 @@ func (p *Primary[V]) Sync() error {
 func (p *Primary[V]) closeHandle() {
 	if !p.isClosed.Swap(true) {
 		p.n.waits.closeAll() // after isClosed is set: see WaitContext
+		p.n.durableWaits.closeAll()
 	}
 }
 

@@ -803,6 +803,11 @@ func (s *replicaSession[V]) stream() error {
 		case frameGetAck:
 			// Answer on this goroutine, which has just applied everything
 			// before the GETACK: no hand-off, so a Wait costs one round trip.
+			if len(payload) > 0 && payload[0]&getAckDurable != 0 && s.n.disk != nil && s.n.data() == s.target {
+				if err := s.n.disk.sync(); err != nil {
+					return err
+				}
+			}
 			if s.streaming.Load() {
 				if err := s.writeAck(); err != nil {
 					return err
@@ -855,7 +860,11 @@ func (s *replicaSession[V]) writeAck() error {
 		s.listen = addr
 		s.ackBuf = appendStringFrame(s.ackBuf, frameListen, addr)
 	}
-	s.ackBuf = appendU64Frame(s.ackBuf, frameAck, s.target.offset())
+	var durable uint64
+	if s.n.data() == s.target {
+		durable = s.n.durable()
+	}
+	s.ackBuf = appendAck(s.ackBuf, s.target.offset(), durable)
 	_, err := s.w.Write(s.ackBuf)
 	return err
 }

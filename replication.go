@@ -134,15 +134,16 @@ type PrimaryInfo struct {
 
 // ReplicaLink describes one connected replica, as the primary sees it.
 type ReplicaLink struct {
-	ID          string    // the replica's name (WithReplicaName), from its handshake
-	Addr        string    // the replica's network address, as this end of the link sees it
-	Listen      string    // the address the replica serves on, as it advertises it ("" if none)
-	State       LinkState // where the link is in its lifecycle
-	SentOffset  uint64    // stream offset written to the link so far
-	AckOffset   uint64    // highest offset the replica acknowledged (0 before its first ACK)
-	Lag         uint64    // the primary's offset minus AckOffset
-	LastAck     time.Time // when the last ACK arrived (zero before the first)
-	ConnectedAt time.Time // when the handshake completed
+	ID            string    // the replica's name (WithReplicaName), from its handshake
+	Addr          string    // the replica's network address, as this end of the link sees it
+	Listen        string    // the address the replica serves on, as it advertises it ("" if none)
+	State         LinkState // where the link is in its lifecycle
+	SentOffset    uint64    // stream offset written to the link so far
+	AckOffset     uint64    // highest offset the replica acknowledged (0 before its first ACK)
+	DurableOffset uint64    // highest offset the replica reported in its data directory (0 without one)
+	Lag           uint64    // the primary's offset minus AckOffset
+	LastAck       time.Time // when the last ACK arrived (zero before the first)
+	ConnectedAt   time.Time // when the handshake completed
 }
 
 // LinkState is the state of a replica link on the primary.

@@ -55,7 +55,11 @@ type streamLog struct {
 	segments []uint64 // start offsets, oldest first; the last is being written
 	err      error    // the first write or fsync failure: nothing is accepted after it
 
-	syncMu  sync.Mutex    // held by the goroutine doing an fsync for everyone (group commit)
+	// syncing is held (a token in it) by the goroutine doing an fsync for
+	// everyone (group commit). A channel rather than a mutex, so that a
+	// writer waiting for a stalled disk is durably blocked in tests run
+	// with testing/synctest.
+	syncing chan struct{}
 	durable atomic.Uint64 // every stream byte below it is on disk
 	fsyncs  atomic.Uint64 // fsyncs done, for tests and Info
 
@@ -112,7 +116,7 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 	if err != nil {
 		return nil, err
 	}
-	l := &streamLog{fsys: fsys, dir: dir, maxSegment: maxSegment, maxFrame: maxFrame, log: log, now: time.Now}
+	l := &streamLog{fsys: fsys, dir: dir, maxSegment: maxSegment, maxFrame: maxFrame, log: log, now: time.Now, syncing: make(chan struct{}, 1)}
 	for _, name := range names {
 		if s, ok := parseSegmentName(name); ok {
 			l.segments = append(l.segments, s)
@@ -353,9 +357,9 @@ func (l *streamLog) offset() uint64 {
 // the others wait for it and find their target covered (group commit).
 func (l *streamLog) sync(target uint64) error {
 	for l.durable.Load() < target {
-		l.syncMu.Lock()
+		l.syncing <- struct{}{}
 		if l.durable.Load() >= target {
-			l.syncMu.Unlock()
+			<-l.syncing
 			break
 		}
 		l.mu.Lock()
@@ -388,7 +392,7 @@ func (l *streamLog) sync(target uint64) error {
 		if err == nil {
 			l.inflightSince.Store(0)
 		}
-		l.syncMu.Unlock()
+		<-l.syncing
 		if err != nil {
 			return err
 		}

@@ -270,3 +270,63 @@ func (o *offsetWaits) notify(off uint64) {
 		}
 	}
 }
+
+// WaitDurable blocks until every write made before the call is on disk:
+// in p's data directory (as [Primary.Sync] makes it) and in the data
+// directories of at least n replicas, or until ctx is done, and returns
+// how many replicas held the writes on disk when it returned (Redis's
+// WAITAOF). Replicas are asked to fsync at once, whatever their
+// [WithFsync] policy, so it costs a round trip and an fsync on each, not
+// a second. Replicas without a data directory never count; without a
+// data directory of its own, p only counts replicas.
+//
+// It returns the count with ctx.Err() if ctx ended the wait, the data
+// directory's failure if p's Sync fails, and ErrClosed if p is closed.
+// With n ≤ 0 it makes p's writes durable and returns the current count.
+func (p *Primary[V]) WaitDurable(ctx context.Context, n int) (int, error) {
+	nd := p.n
+	target := p.Offset()
+	if err := p.Sync(); err != nil {
+		return nd.durableCount(target), err
+	}
+	for {
+		k := nd.durableCount(target)
+		if k >= n {
+			return k, nil
+		}
+		w := nd.durableWaits.add(target, n)
+		if k = nd.durableCount(target); k >= n {
+			nd.durableWaits.remove(w)
+			return k, nil
+		}
+		if p.closed() {
+			nd.durableWaits.remove(w)
+			return k, ErrClosed
+		}
+		for _, l := range nd.linkList() {
+			l.requestDurableAck(target)
+		}
+		select {
+		case <-w.ready: // enough, or Close: count again
+			nd.durableWaits.remove(w)
+			if p.closed() {
+				return nd.durableCount(target), ErrClosed
+			}
+		case <-ctx.Done():
+			nd.durableWaits.remove(w)
+			return nd.durableCount(target), ctx.Err()
+		}
+	}
+}
+
+// durableCount counts the replicas that hold offset target or later on
+// disk.
+func (n *node[V]) durableCount(target uint64) int {
+	k := 0
+	for _, l := range n.linkList() {
+		if l.durable.Load() >= target {
+			k++
+		}
+	}
+	return k
+}
