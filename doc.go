@@ -74,6 +74,27 @@
 // across role changes. [Replica.WaitOffset] gives read-your-writes on a
 // replica.
 //
+// # Durability
+//
+// With [WithDataDir] a node keeps its data and history on disk: snapshots
+// taken in the background, and a log holding exactly the bytes of the
+// stream, so that an offset on disk is the same offset on the wire.
+// [WithFsync] says when writes reach the disk: [FsyncEverySecond] (the
+// default), [FsyncAlways] (Set returns once the write is on disk,
+// concurrent writers sharing an fsync) or [FsyncNever]. [Primary.Sync]
+// makes every write so far durable, and [Primary.WaitDurable] waits until
+// replicas hold them in their own directories.
+//
+// A Primary started on a directory that holds data keeps its data, offset
+// and epoch, and continues its history in a new one, with its backlog
+// refilled from the log: its replicas resume with a partial resync, even
+// those that were behind. A Replica started on one serves its data at
+// once and resumes partially. A torn tail (a write cut by a crash) is
+// dropped; any other damage is an error wrapping [ErrChecksum], and
+// nothing damaged is served. A directory whose data is gone is
+// [ErrLostState]. A write or fsync that fails stops writes with an error,
+// never retried: the kernel may have dropped the data it had accepted.
+//
 // # Lifecycle
 //
 // NewPrimary returns a Primary with an empty map; Serve accepts replicas
@@ -87,7 +108,7 @@
 //
 // Errors are sentinel values ([ErrClosed], [ErrReadOnly], [ErrTooLarge],
 // [ErrProtocol], [ErrChecksum], [ErrVersion], [ErrReplicaTooSlow],
-// [ErrLinkTimeout], [ErrInvalidOption], [ErrStaleEpoch],
+// [ErrLinkTimeout], [ErrInvalidOption], [ErrStaleEpoch], [ErrLostState],
 // [ErrWouldLoseData], [ErrNotSynced], [ErrNotEnoughReplicas],
 // [ErrTypeMismatch], [ErrDuplicateName], [ErrNoReplica]), usually wrapped
 // with detail: test them with [errors.Is]. A write refused after a

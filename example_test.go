@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/replmap/replmap"
@@ -167,5 +168,40 @@ func ExamplePrimary_Backup() {
 	v, _ := restored.Get("config/mode")
 	info := restored.Info()
 	fmt.Println(v, restored.Offset() == offset, info.ReplID2 == p.ReplID())
+	// Output: blue true true
+}
+
+// A primary with a data directory, restarted: it keeps its data and
+// offset, and continues its old history, so its replicas resume with a
+// partial resync.
+func ExampleWithDataDir() {
+	dir, err := os.MkdirTemp("", "replmap-example")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+
+	p, err := replmap.NewPrimary[string](replmap.WithDataDir(dir), replmap.WithFsync(replmap.FsyncAlways))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	_ = p.Set("config/mode", "blue") // on disk when Set returns
+	offset, id := p.Offset(), p.ReplID()
+	if err := p.Close(); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	p, err = replmap.NewPrimary[string](replmap.WithDataDir(dir))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer p.Close()
+	v, _ := p.Get("config/mode")
+	info := p.Info()
+	fmt.Println(v, info.Offset == offset, info.ReplID2 == id)
 	// Output: blue true true
 }
