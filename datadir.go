@@ -60,7 +60,12 @@ type dataDir struct {
 	kick       chan struct{}         // asks the worker for a snapshot
 	compacting atomic.Bool
 	snapshots  atomic.Uint64 // snapshots written, for tests
+	unlock     func() error  // releases the directory's lock
 }
+
+// lockFileName is the file a node holds a lock on while it uses the
+// directory.
+const lockFileName = "LOCK"
 
 const (
 	snapshotPrefix = "snap-"
@@ -119,6 +124,14 @@ func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedDa
 	if err := dd.fsys.MkdirAll(dd.root); err != nil {
 		return nil, nil, dirRecord{}, wrap(err)
 	}
+	if dd.unlock, err = lockDir(dd.root); err != nil {
+		return nil, nil, dirRecord{}, wrap(err)
+	}
+	defer func() {
+		if err != nil {
+			dd.unlock()
+		}
+	}()
 	rec, ok, err := readHistory(dd.fsys, dd.root)
 	if err != nil {
 		return nil, nil, dirRecord{}, wrap(err)
@@ -596,11 +609,16 @@ func run[V any](dd *dataDir, n *node[V], ctx context.Context) {
 	}
 }
 
-// close makes everything durable and closes the log.
+// close makes everything durable, closes the log and releases the
+// directory.
 func (dd *dataDir) close() error {
-	s := dd.stream.Load()
-	if s == nil {
-		return nil
+	var err error
+	if s := dd.stream.Load(); s != nil {
+		err = s.close()
 	}
-	return s.close()
+	if dd.unlock != nil {
+		dd.unlock()
+		dd.unlock = nil
+	}
+	return err
 }

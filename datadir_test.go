@@ -81,7 +81,7 @@ func TestDataDirLayout(t *testing.T) {
 	for _, g := range gens {
 		names = append(names, g.Name())
 	}
-	assert.Equal(t, []string{"gen-0000000000000001", "history"}, names)
+	assert.Equal(t, []string{"LOCK", "gen-0000000000000001", "history"}, names)
 	files, err := os.ReadDir(filepath.Join(dir, "gen-0000000000000001"))
 	require.NoError(t, err)
 	snaps := 0
@@ -164,4 +164,21 @@ func TestRestartsResumePartially(t *testing.T) {
 	assert.Equal(t, uint64(1), r.Info().PartialSyncs)
 	assert.Equal(t, uint64(1), live.Info().FullSyncs, "the live replica did not full-sync again")
 	assert.Equal(t, uint64(0), p.Info().FullSyncs)
+}
+
+// TestDataDirIsLocked: two nodes never share a directory; the lock goes
+// with Close.
+func TestDataDirIsLocked(t *testing.T) {
+	dir := t.TempDir()
+	p, err := NewPrimary[int](WithDataDir(dir))
+	require.NoError(t, err)
+	_, err = NewPrimary[int](WithDataDir(dir))
+	require.ErrorIs(t, err, ErrInvalidOption)
+	assert.Contains(t, err.Error(), "in use")
+	_, err = NewReplica[int](transport.NewInmem(), "p", WithDataDir(dir))
+	require.ErrorIs(t, err, ErrInvalidOption)
+	require.NoError(t, p.Close())
+	p, err = NewPrimary[int](WithDataDir(dir))
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
 }
