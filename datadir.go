@@ -359,11 +359,16 @@ func (dd *dataDir) afterWrite(end uint64) error {
 	return s.failed()
 }
 
-// sync makes every write so far durable.
+// sync makes every write so far durable. After a failure (of the log,
+// or of a snapshot, which the log does not know of) it returns that
+// failure: writes have stopped.
 func (dd *dataDir) sync() error {
+	if err := dd.failed(); err != nil {
+		return err
+	}
 	s := dd.stream.Load()
 	if s == nil {
-		return dd.failed()
+		return nil
 	}
 	return s.sync(s.offset())
 }

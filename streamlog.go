@@ -126,8 +126,10 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 	for i, s := range l.segments {
 		last := i == len(l.segments)-1
 		if i > 0 && s != l.end {
-			return nil, fmt.Errorf("%w: %s starts at offset %d, but the segment before ends at %d",
-				ErrChecksum, filepath.Join(dir, segmentName(s)), s, l.end)
+			// Either may be the damaged one (cut short, or a later
+			// one lost): name both.
+			return nil, fmt.Errorf("%w: %s ends at offset %d, but the next segment, %s, starts at %d",
+				ErrChecksum, filepath.Join(dir, segmentName(l.segments[i-1])), l.end, filepath.Join(dir, segmentName(s)), s)
 		}
 		end, size, err := l.recoverSegment(s, last, replay)
 		if err != nil {
