@@ -124,12 +124,14 @@ func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedDa
 	if err := dd.fsys.MkdirAll(dd.root); err != nil {
 		return nil, nil, dirRecord{}, wrap(err)
 	}
-	if dd.unlock, err = lockDir(dd.root); err != nil {
+	unlock, err := lockDir(dd.root)
+	if err != nil {
 		return nil, nil, dirRecord{}, wrap(err)
 	}
+	dd.unlock = unlock
 	defer func() {
 		if err != nil {
-			dd.unlock()
+			unlock()
 		}
 	}()
 	rec, ok, err := readHistory(dd.fsys, dd.root)
@@ -138,8 +140,12 @@ func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedDa
 	}
 	dd.rec = rec
 	if !ok {
-		// Never committed: whatever is here is what an interrupted first
-		// start left.
+		// Never committed: a generation here is what an interrupted first
+		// start left (a snapshot and an empty log), unless it holds writes:
+		// then the history record was lost, and with it the epoch.
+		if err := dd.checkUncommitted(); err != nil && !cfg.allowDataLoss {
+			return nil, nil, dirRecord{}, wrap(err)
+		}
 		if err := dd.removeOtherGens(0); err != nil {
 			return nil, nil, dirRecord{}, wrap(err)
 		}
@@ -157,6 +163,41 @@ func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedDa
 		return nil, nil, dirRecord{}, wrap(err)
 	}
 	return dd, ld, dirRecord{}, nil
+}
+
+// checkUncommitted returns ErrLostState if a generation in a directory
+// without a history record holds writes: a log longer than one empty
+// segment.
+func (dd *dataDir) checkUncommitted() error {
+	names, err := dd.fsys.ReadDir(dd.root)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if !strings.HasPrefix(name, genPrefix) || strings.HasSuffix(name, tempSuffix) {
+			continue
+		}
+		dir := filepath.Join(dd.root, name)
+		files, err := dd.fsys.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		segments := 0
+		for _, f := range files {
+			if _, ok := parseSegmentName(f); !ok {
+				continue
+			}
+			segments++
+			size, err := fileSize(dd.fsys, filepath.Join(dir, f))
+			if err != nil {
+				return err
+			}
+			if segments > 1 || size > segmentHeaderSize {
+				return fmt.Errorf("%w: %s holds writes but the history record is missing", ErrLostState, dir)
+			}
+		}
+	}
+	return nil
 }
 
 // removeOtherGens removes every generation but keep, and temporary files.
@@ -620,6 +661,9 @@ func (dd *dataDir) close() error {
 	var err error
 	if s := dd.stream.Load(); s != nil {
 		err = s.close()
+	}
+	if f := dd.failure.Load(); f != nil && err == nil {
+		err = *f
 	}
 	if dd.unlock != nil {
 		dd.unlock()

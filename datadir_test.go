@@ -182,3 +182,27 @@ func TestDataDirIsLocked(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, p.Close())
 }
+
+// TestDataDirHistoryRecordLost: a directory whose history record is gone
+// but whose data is not is not taken for a new one (that would wipe the
+// data and the epoch); an interrupted first start (an empty generation,
+// no record) is.
+func TestDataDirHistoryRecordLost(t *testing.T) {
+	dir := t.TempDir()
+	p, err := NewPrimary[int](WithDataDir(dir), WithEpoch(5))
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
+	require.NoError(t, os.Remove(filepath.Join(dir, historyFileName)))
+	p, err = NewPrimary[int](WithDataDir(dir))
+	require.NoError(t, err, "nothing was written: a first start cut short")
+	require.NoError(t, p.Set("a", 1))
+	require.NoError(t, p.Close())
+
+	require.NoError(t, os.Remove(filepath.Join(dir, historyFileName)))
+	_, err = NewPrimary[int](WithDataDir(dir))
+	require.ErrorIs(t, err, ErrLostState)
+	p, err = NewPrimary[int](WithDataDir(dir), WithAllowDataLoss())
+	require.NoError(t, err)
+	assert.Zero(t, p.Len())
+	require.NoError(t, p.Close())
+}

@@ -424,13 +424,6 @@ func (l *streamLog) failed() error {
 	return l.err
 }
 
-// first returns the offset the oldest segment starts at.
-func (l *streamLog) first() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.segments[0]
-}
-
 // removeBelow removes the segments that hold only offsets below offset,
 // never the one being written. A failure is logged and left for a later
 // call: what it would have removed is still valid.
