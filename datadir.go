@@ -368,10 +368,11 @@ func (dd *dataDir) append(head, rest []byte) error {
 	if err := dd.failed(); err != nil {
 		return err
 	}
-	if err := s.append(head, rest); err != nil {
+	end, err := s.appendEnd(head, rest)
+	if err != nil {
 		return err
 	}
-	if grown := s.offset() - dd.snapAt; grown >= uint64(max(dd.snapshotMin, dd.snapSize)) && !dd.compacting.Load() {
+	if grown := end - dd.snapAt; grown >= uint64(max(dd.snapshotMin, dd.snapSize)) && !dd.compacting.Load() {
 		select {
 		case dd.kick <- struct{}{}:
 		default:

@@ -52,8 +52,9 @@ type streamLog struct {
 	w        *bufio.Writer
 	segSize  int64 // bytes in the current segment, header included
 	end      uint64
-	segments []uint64 // start offsets, oldest first; the last is being written
-	err      error    // the first write or fsync failure: nothing is accepted after it
+	segments []uint64              // start offsets, oldest first; the last is being written
+	err      error                 // the first write or fsync failure, or the close: nothing is accepted after it
+	failure  atomic.Pointer[error] // the failure (not the close), read without mu
 
 	// syncing is held (a token in it) by the goroutine doing an fsync for
 	// everyone (group commit). A channel rather than a mutex, so that a
@@ -286,27 +287,33 @@ func (l *streamLog) createSegment(start uint64) error {
 // are buffered: sync makes them durable. After a failure it returns that
 // failure and accepts nothing more.
 func (l *streamLog) append(parts ...[]byte) error {
+	_, err := l.appendEnd(parts...)
+	return err
+}
+
+// appendEnd is append that also returns the end of the stream after it.
+func (l *streamLog) appendEnd(parts ...[]byte) (uint64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
-		return l.err
+		return 0, l.err
 	}
 	if l.pendingSince.Load() == 0 {
 		l.pendingSince.Store(l.now().UnixNano())
 	}
 	for _, p := range parts {
 		if _, err := l.w.Write(p); err != nil {
-			return l.fail(err)
+			return 0, l.fail(err)
 		}
 		l.end += uint64(len(p))
 		l.segSize += int64(len(p))
 	}
 	if l.segSize >= l.maxSegment {
 		if err := l.rotate(); err != nil {
-			return l.fail(err)
+			return 0, l.fail(err)
 		}
 	}
-	return nil
+	return l.end, nil
 }
 
 // rotate closes the current segment, whole and synced, and starts the
@@ -342,6 +349,7 @@ func raise(v *atomic.Uint64, x uint64) {
 func (l *streamLog) fail(err error) error {
 	if l.err == nil {
 		l.err = fmt.Errorf("replmap: data directory %s failed, writes stopped: %w", l.dir, err)
+		l.failure.Store(&l.err)
 		l.log.Error("data directory failed; writes stopped", "dir", l.dir, "err", err)
 	}
 	return l.err
@@ -418,10 +426,12 @@ func (l *streamLog) oldestPending() time.Time {
 }
 
 // failed returns the log's failure, if it has failed.
+// Lock-free: it is on every write's path.
 func (l *streamLog) failed() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
+	if e := l.failure.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // removeBelow removes the segments that hold only offsets below offset,
