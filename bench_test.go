@@ -36,6 +36,27 @@ func BenchmarkSet(b *testing.B) {
 	}
 }
 
+// BenchmarkSetDurable is BenchmarkSet with a data directory, under each
+// fsync policy (FsyncAlways with one writer pays a whole fsync per Set).
+func BenchmarkSetDurable(b *testing.B) {
+	for _, policy := range []FsyncPolicy{FsyncEverySecond, FsyncNever, FsyncAlways} {
+		b.Run(policy.String(), func(b *testing.B) {
+			p, err := NewPrimary[[]byte](WithDataDir(b.TempDir()), WithFsync(policy))
+			require.NoError(b, err)
+			defer p.Close()
+			keys := benchKeys(100000)
+			val := bytes.Repeat([]byte("v"), 100)
+			b.ReportAllocs()
+			b.SetBytes(100)
+			for i := 0; b.Loop(); i++ {
+				if err := p.Set(keys[i%len(keys)], val); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkSetParallel(b *testing.B) {
 	p, err := NewPrimary[[]byte]()
 	require.NoError(b, err)

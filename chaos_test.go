@@ -14,7 +14,11 @@ package replmap
 //     primary;
 //   - whenever Wait returned k, at least k replicas had applied every write
 //     made before it;
+//   - every Set that returned nil is in the primary's stream;
 //   - every replica converges to the primary exactly.
+//
+// TestChaosDurable (chaos_durable_test.go) runs the same with data
+// directories, restarting and crashing the primary as well.
 //
 // CI runs a few fixed seeds. More, from the environment:
 //
@@ -27,8 +31,10 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -48,7 +54,8 @@ import (
 func TestChaos(t *testing.T) {
 	for _, seed := range chaosSeeds(t, "REPLMAP_CHAOS_SEEDS", 6) {
 		t.Run("seed="+strconv.FormatUint(seed, 10), func(t *testing.T) {
-			runChaos(t, seed, transport.NewInmem(), func(i int) string { return "proxy" + strconv.Itoa(i) }, "p")
+			runChaos(t, seed, transport.NewInmem(), func(i int) string { return "proxy" + strconv.Itoa(i) }, "p",
+				chaosOptions{seedVar: "REPLMAP_CHAOS_SEED"})
 		})
 	}
 }
@@ -57,7 +64,8 @@ func TestChaos(t *testing.T) {
 func TestChaosTCP(t *testing.T) {
 	for _, seed := range chaosSeeds(t, "REPLMAP_CHAOS_TCP_SEEDS", 2) {
 		t.Run("seed="+strconv.FormatUint(seed, 10), func(t *testing.T) {
-			runChaos(t, seed, transport.NewTCP(), func(int) string { return "127.0.0.1:0" }, "127.0.0.1:0")
+			runChaos(t, seed, transport.NewTCP(), func(int) string { return "127.0.0.1:0" }, "127.0.0.1:0",
+				chaosOptions{seedVar: "REPLMAP_CHAOS_SEED"})
 		})
 	}
 }
@@ -103,22 +111,73 @@ const (
 	chaosFaultFor = 300 * time.Millisecond
 )
 
+// chaosOptions selects a variant of the suite.
+type chaosOptions struct {
+	// seedVar is the variable that replays one seed, for the message a
+	// failed run leaves.
+	seedVar string
+	// durable gives every node a data directory with FsyncAlways and adds
+	// restarts and crashes of the primary to the schedule; replicas then
+	// restart from their directories (chaos_durable_test.go).
+	durable bool
+}
+
 // chaosRun is the state of one seeded run.
 type chaosRun struct {
-	t     *testing.T
-	seed  uint64
-	tr    transport.Transport
-	p     *Primary[string]
-	opts  []Option // for replicas
-	logs  *ringLog
-	slots []*replicaSlot
-	clock atomic.Int64 // logical time for the history
+	t       *testing.T
+	seed    uint64
+	tr      transport.Transport
+	durable bool
+	popts   []Option // for primaries
+	opts    []Option // for replicas
+	paddr   string   // the primary's address, the same across its restarts
+	prim    atomic.Pointer[chaosPrimary]
+	logs    *ringLog
+	slots   []*replicaSlot
+	clock   atomic.Int64 // logical time for the history
 
 	mu       sync.Mutex
 	ops      []porcupine.Operation
-	records  []streamRecord // every write, in stream order
+	lines    map[string]*chaosLine // by replication ID
+	writes   int                   // records the write hooks saw
 	failures []string
 	stats    map[string]int
+}
+
+// chaosPrimary is one primary instance: the first, or one restarted from
+// the data directory.
+type chaosPrimary struct {
+	p      *Primary[string]
+	served chan error
+	line   *chaosLine
+	fs     *crashFS // its data directory's file system, in durable runs
+	// retired is set before the instance is closed or crashed: from then
+	// on its writes may fail, and what it shows is not the primary's.
+	retired atomic.Bool
+}
+
+// chaosLine is the stream of one history, as its primary's write hook saw
+// it: every write, in stream order, from offset 0. A restarted primary's
+// line repeats its predecessor's up to the offset it restarted at, which
+// is all of it unless a crash lost the tail.
+type chaosLine struct {
+	id      string
+	parent  *chaosLine
+	fork    uint64         // the offset up to which it continues parent
+	records []streamRecord // guarded by chaosRun.mu
+}
+
+// shared returns how far l and to hold the same stream, if to is l or
+// continues it (through restarts).
+func (l *chaosLine) shared(to *chaosLine) (uint64, bool) {
+	s := uint64(math.MaxUint64)
+	for x := to; x != nil; x = x.parent {
+		if x == l {
+			return s, true
+		}
+		s = min(s, x.fork)
+	}
+	return 0, false
 }
 
 // streamRecord is one write as the primary's write hook saw it.
@@ -132,6 +191,7 @@ type streamRecord struct {
 // replicaSlot is one replica position; restarts put new instances in it.
 type replicaSlot struct {
 	name  string
+	dir   string // its data directory, in durable runs
 	proxy *faultProxy
 	mu    sync.Mutex
 	gens  []*replicaGen // every instance, oldest first
@@ -139,19 +199,23 @@ type replicaSlot struct {
 }
 
 type replicaGen struct {
-	r    *Replica[string]
-	born int64 // logical time of creation
+	r         *Replica[string]
+	born      int64 // logical time of creation
+	restarted bool  // not the slot's first instance
 }
 
-// replicaRead is one Get on a replica, between two readings of its offset,
-// followed by a reading of the primary's.
+// replicaRead is one Get on a replica, between two readings of its offset
+// and history, followed by a reading of the primary's.
 type replicaRead struct {
 	gen        *replicaGen
 	key, value string
 	ok         bool
 	before     uint64
 	after      uint64
+	id         string // the replica's history during the read
+	mixed      bool   // its history changed during the read
 	primary    uint64
+	primaryID  string
 }
 
 func (s *replicaSlot) current() *replicaGen {
@@ -160,41 +224,47 @@ func (s *replicaSlot) current() *replicaGen {
 	return s.gens[len(s.gens)-1]
 }
 
-func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(int) string, primaryAddr string) {
-	c := &chaosRun{t: t, seed: seed, tr: tr, logs: newRingLog(300), stats: make(map[string]int)}
+// primary returns the primary instance the workload uses now.
+func (c *chaosRun) primary() *chaosPrimary { return c.prim.Load() }
+
+func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(int) string, primaryAddr string, o chaosOptions) map[string]int {
+	root := &chaosLine{} // the history of a replica that has no data
+	c := &chaosRun{t: t, seed: seed, tr: tr, durable: o.durable, logs: newRingLog(300),
+		lines: map[string]*chaosLine{"": root}, stats: make(map[string]int)}
 	rng := rand.New(rand.NewPCG(seed, 1))
 	logger := slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	defer func() {
 		if t.Failed() {
 			t.Logf("last log lines:\n%s", c.logs)
-			t.Logf("replay: REPLMAP_CHAOS_SEED=%d go test -run '%s' -v .", seed, strings.Split(t.Name(), "/")[0]+"$")
+			t.Logf("replay: %s=%d go test -run '%s' -v .", o.seedVar, seed, strings.Split(t.Name(), "/")[0]+"$")
 		}
 	}()
 
 	timing := []Option{WithHeartbeat(20 * time.Millisecond), WithLinkTimeout(100 * time.Millisecond), WithLogger(logger)}
-	popts := append([]Option{WithBacklogSize(MinBacklogSize << rng.IntN(7))}, timing...)
+	c.popts = append([]Option{WithBacklogSize(MinBacklogSize << rng.IntN(7))}, timing...)
 	if rng.IntN(2) == 0 {
-		popts = append(popts, WithReplicaBufferSoftLimit(MinBacklogSize, 50*time.Millisecond))
+		c.popts = append(c.popts, WithReplicaBufferSoftLimit(MinBacklogSize, 50*time.Millisecond))
 	}
-	p, err := NewPrimary[string](popts...)
-	require.NoError(t, err)
-	p.n.testHookWrite = c.recordWrite
-	c.p = p
-	l, err := tr.Listen(primaryAddr)
-	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(l) }()
+	c.opts = append([]Option{WithReconnectBackoff(time.Millisecond, 20*time.Millisecond)}, timing...)
+	if c.durable {
+		c.durableOptions(rand.New(rand.NewPCG(seed, 2)))
+	}
+	c.paddr = primaryAddr
+	c.serve(c.openPrimary())
 	defer func() {
-		require.NoError(t, p.Close())
-		require.ErrorIs(t, <-served, ErrClosed)
+		cp := c.primary()
+		require.NoError(t, cp.p.Close())
+		require.ErrorIs(t, <-cp.served, ErrClosed)
 	}()
 
-	c.opts = append([]Option{WithReconnectBackoff(time.Millisecond, 20*time.Millisecond)}, timing...)
 	for i := range chaosReplicas {
-		proxy, err := newFaultProxy(tr, proxyAddr(i), l.Addr().String(), seed<<8|uint64(i))
+		proxy, err := newFaultProxy(tr, proxyAddr(i), c.paddr, seed<<8|uint64(i))
 		require.NoError(t, err)
 		defer proxy.Close()
 		slot := &replicaSlot{name: "r" + strconv.Itoa(i), proxy: proxy}
+		if c.durable {
+			slot.dir = t.TempDir()
+		}
 		c.slots = append(c.slots, slot)
 		c.startReplica(slot)
 	}
@@ -223,6 +293,7 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 
 	c.checkLinearizable()
 	c.checkReplicaReads()
+	c.checkAcknowledged()
 	c.mu.Lock()
 	for _, f := range c.failures {
 		t.Error(f)
@@ -233,21 +304,78 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 	for _, s := range c.slots {
 		s.proxy.Heal()
 	}
+	p := c.primary().p
 	var rs []*Replica[string]
 	for _, s := range c.slots {
 		rs = append(rs, s.current().r)
 	}
 	requireConverged(t, p, rs...)
 
-	info := p.Info()
-	c.stats["full syncs"] = int(info.FullSyncs)
-	c.stats["partial syncs"] = int(info.PartialSyncs)
-	c.stats["dropped slow"] = int(info.DroppedSlow)
+	c.countSyncs(p.Info())
 	for _, s := range c.slots {
 		c.stats["bits flipped"] += int(s.proxy.flipped.Load())
 		c.stats["truncated"] += int(s.proxy.truncated.Load())
+		if g := s.current(); g.restarted {
+			c.countRestartedSyncs(g)
+		}
 	}
-	t.Logf("seed %d: %d primary ops, %d writes, stats %v", seed, len(c.ops), len(c.records), c.stats)
+	c.stats["primary ops"] = len(c.ops)
+	c.stats["writes"] = c.writes
+	t.Logf("seed %d: stats %v", seed, c.stats)
+	return c.stats
+}
+
+// openPrimary starts a primary instance: empty, or in durable runs on the
+// data directory, continuing the current instance's line from the offset
+// it loaded. It does not serve yet.
+func (c *chaosRun) openPrimary() *chaosPrimary {
+	cp := &chaosPrimary{served: make(chan error, 1)}
+	opts := c.popts
+	if c.durable {
+		cp.fs = &crashFS{}
+		opts = append(slices.Clone(opts), withFileSystem(cp.fs))
+	}
+	p, err := NewPrimary[string](opts...)
+	require.NoError(c.t, err)
+	cp.p = p
+	d := p.n.data()
+	line := &chaosLine{id: d.hist.replID, parent: c.lines[""], fork: d.offset()}
+	if prev := c.primary(); prev != nil {
+		line.parent = prev.line
+	}
+	c.mu.Lock()
+	i := 0
+	for i < len(line.parent.records) && line.parent.records[i].end <= line.fork {
+		i++
+	}
+	line.records = slices.Clone(line.parent.records[:i])
+	c.stats["writes lost to crashes"] += len(line.parent.records) - i
+	if at := line.fork; at > 0 && (i == 0 || line.records[i-1].end != at) {
+		c.failures = append(c.failures, fmt.Sprintf("primary restarted at offset %d, not at the end of a write", at))
+	}
+	c.lines[line.id] = line
+	c.mu.Unlock()
+	cp.line = line
+	p.n.testHookWrite = func(frame []byte, end uint64) { c.recordWrite(line, frame, end) }
+	return cp
+}
+
+// serve makes cp serve on the primary's address and the workload use it.
+func (c *chaosRun) serve(cp *chaosPrimary) {
+	l, err := c.tr.Listen(c.paddr)
+	require.NoError(c.t, err)
+	c.paddr = l.Addr().String()
+	go func() { cp.served <- cp.p.Serve(l) }()
+	c.prim.Store(cp)
+}
+
+// countSyncs adds a primary instance's syncs to the run's figures.
+func (c *chaosRun) countSyncs(info PrimaryInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats["full syncs"] += int(info.FullSyncs)
+	c.stats["partial syncs"] += int(info.PartialSyncs)
+	c.stats["dropped slow"] += int(info.DroppedSlow)
 }
 
 // startReplica starts a new instance in s. It holds s's lock from before
@@ -257,9 +385,25 @@ func (c *chaosRun) startReplica(s *replicaSlot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	born := c.clock.Add(1)
-	r, err := NewReplica[string](c.tr, s.proxy.Addr(), append(c.opts, WithReplicaName(s.name))...)
+	opts := append(slices.Clone(c.opts), WithReplicaName(s.name))
+	if c.durable {
+		opts = append(opts, WithDataDir(s.dir), WithFsync(FsyncAlways))
+	}
+	r, err := NewReplica[string](c.tr, s.proxy.Addr(), opts...)
 	require.NoError(c.t, err)
-	s.gens = append(s.gens, &replicaGen{r: r, born: born})
+	s.gens = append(s.gens, &replicaGen{r: r, born: born, restarted: len(s.gens) > 0})
+}
+
+// restartReplica closes s's replica and starts another in its place: an
+// empty one, or in durable runs one on the same directory.
+func (c *chaosRun) restartReplica(s *replicaSlot) {
+	old := s.current()
+	if !c.durable {
+		old.r.Close()
+		c.startReplica(s)
+		return
+	}
+	c.restartDurableReplica(s, old)
 }
 
 func (c *chaosRun) fail(format string, args ...any) {
@@ -268,9 +412,15 @@ func (c *chaosRun) fail(format string, args ...any) {
 	c.mu.Unlock()
 }
 
-// recordWrite is the primary's write hook: it runs under the write lock,
-// so records arrive in stream order.
-func (c *chaosRun) recordWrite(frame []byte, end uint64) {
+func (c *chaosRun) count(kind string) {
+	c.mu.Lock()
+	c.stats[kind]++
+	c.mu.Unlock()
+}
+
+// recordWrite is a primary's write hook: it runs under the write lock, so
+// records arrive in stream order.
+func (c *chaosRun) recordWrite(line *chaosLine, frame []byte, end uint64) {
 	rec := streamRecord{end: end}
 	payload := frame[frameHeaderSize : len(frame)-frameCRCSize]
 	switch frameType(frame[4]) {
@@ -287,7 +437,8 @@ func (c *chaosRun) recordWrite(frame []byte, end uint64) {
 		rec.key = string(payload)
 	}
 	c.mu.Lock()
-	c.records = append(c.records, rec)
+	line.records = append(line.records, rec)
+	c.writes++
 	c.mu.Unlock()
 }
 
@@ -306,10 +457,30 @@ type kvOutput struct {
 	ok    bool
 }
 
-func (c *chaosRun) record(client int, in kvInput, f func() kvOutput) {
+// opOutcome is how an operation ended, for the history.
+type opOutcome int
+
+const (
+	opDone    opOutcome = iota // it returned: its output stands
+	opUnknown                  // it failed as its primary went down: it may or may not have taken effect
+	opNone                     // it had no effect, or read a primary no longer serving: left out
+)
+
+// unknownReturn is the return time of an operation whose outcome is not
+// known: after every other, so porcupine may order it anywhere after its
+// call, including after every read (not taking effect).
+const unknownReturn = math.MaxInt64
+
+func (c *chaosRun) record(client int, in kvInput, f func() (kvOutput, opOutcome)) {
 	call := c.clock.Add(1)
-	out := f()
+	out, how := f()
 	ret := c.clock.Add(1)
+	switch how {
+	case opNone:
+		return
+	case opUnknown:
+		ret = unknownReturn
+	}
 	c.mu.Lock()
 	c.ops = append(c.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret})
 	c.mu.Unlock()
@@ -321,17 +492,25 @@ func (c *chaosRun) writer(ctx context.Context, id int, rng *rand.Rand) {
 		if rng.IntN(5) == 0 {
 			in.op = 'd'
 		}
-		c.record(id, in, func() kvOutput {
+		cp := c.primary()
+		c.record(id, in, func() (kvOutput, opOutcome) {
 			var err error
 			if in.op == 's' {
-				err = c.p.Set(in.key, in.value)
+				err = cp.p.Set(in.key, in.value)
 			} else {
-				err = c.p.Delete(in.key)
+				err = cp.p.Delete(in.key)
 			}
-			if err != nil {
+			switch {
+			case err == nil:
+			case cp.retired.Load() && errors.Is(err, ErrClosed):
+				return kvOutput{}, opNone // refused before writing anything
+			case cp.retired.Load():
+				c.count("writes failed by a restart")
+				return kvOutput{}, opUnknown
+			default:
 				c.fail("%c %s: %v", in.op, in.key, err)
 			}
-			return kvOutput{}
+			return kvOutput{}, opDone
 		})
 		pause(rng)
 	}
@@ -340,9 +519,21 @@ func (c *chaosRun) writer(ctx context.Context, id int, rng *rand.Rand) {
 func (c *chaosRun) primaryReader(ctx context.Context, id int, rng *rand.Rand) {
 	for ctx.Err() == nil {
 		in := kvInput{op: 'g', key: "k" + strconv.Itoa(rng.IntN(chaosKeys))}
-		c.record(id, in, func() kvOutput {
-			v, ok := c.p.Get(in.key)
-			return kvOutput{v, ok}
+		cp := c.primary()
+		c.record(id, in, func() (kvOutput, opOutcome) {
+			v, ok := cp.p.Get(in.key)
+			if c.durable {
+				// Get does not wait for the disk: it may show a write a
+				// crash then loses, which was never acknowledged. A read
+				// counts once everything it could have seen is on disk.
+				if err := cp.p.Sync(); err != nil {
+					if !cp.retired.Load() {
+						c.fail("Sync: %v", err)
+					}
+					return kvOutput{}, opNone
+				}
+			}
+			return kvOutput{v, ok}, opDone
 		})
 		pause(rng)
 	}
@@ -351,20 +542,22 @@ func (c *chaosRun) primaryReader(ctx context.Context, id int, rng *rand.Rand) {
 // waiter calls Wait and checks its count against the replicas' offsets
 // right after it returns. A replica's offset only grows, so one that had
 // applied the target when Wait returned still has; replicas started after
-// the return are not looked at.
+// the return are not looked at. (A crash of the primary may send a replica
+// back: a Wait on a primary that restarted is not checked.)
 func (c *chaosRun) waiter(ctx context.Context, rng *rand.Rand) {
 	for ctx.Err() == nil {
+		cp := c.primary()
 		n := 1 + rng.IntN(chaosReplicas)
-		target := c.p.Offset()
+		target := cp.p.Offset()
 		var k int
 		var err error
 		if rng.IntN(3) == 0 {
-			k, err = c.p.WaitContext(ctx, n)
+			k, err = cp.p.WaitContext(ctx, n)
 		} else {
-			k, err = c.p.Wait(n, time.Duration(1+rng.IntN(30))*time.Millisecond)
+			k, err = cp.p.Wait(n, time.Duration(1+rng.IntN(30))*time.Millisecond)
 		}
 		ret := c.clock.Add(1)
-		if err != nil && ctx.Err() == nil {
+		if err != nil && ctx.Err() == nil && !cp.retired.Load() {
 			c.fail("Wait(%d): %v", n, err)
 		}
 		have := 0
@@ -382,9 +575,13 @@ func (c *chaosRun) waiter(ctx context.Context, rng *rand.Rand) {
 			seen = append(seen, fmt.Sprintf("%s%v", s.name, offs))
 			s.mu.Unlock()
 		}
+		if cp.retired.Load() {
+			pause(rng)
+			continue
+		}
 		if have < k {
 			var links []string
-			for _, l := range c.p.Info().Replicas {
+			for _, l := range cp.p.Info().Replicas {
 				links = append(links, fmt.Sprintf("%s@%s acked %d", l.ID, l.Addr, l.AckOffset))
 			}
 			c.fail("Wait(%d) returned %d for offset %d, but only %d replicas had applied it: replicas %v, links now %v",
@@ -402,11 +599,13 @@ func (c *chaosRun) waiter(ctx context.Context, rng *rand.Rand) {
 func (c *chaosRun) replicaReader(ctx context.Context, s *replicaSlot, rng *rand.Rand) {
 	for ctx.Err() == nil {
 		g := s.current()
-		rd := replicaRead{gen: g, key: "k" + strconv.Itoa(rng.IntN(chaosKeys))}
-		rd.before = g.r.Offset()
+		d := g.r.n.data()
+		rd := replicaRead{gen: g, key: "k" + strconv.Itoa(rng.IntN(chaosKeys)), before: d.offset(), id: d.hist.replID}
 		rd.value, rd.ok = g.r.Get(rd.key)
-		rd.after = g.r.Offset()
-		rd.primary = c.p.Offset()
+		d = g.r.n.data()
+		rd.after, rd.mixed = d.offset(), d.hist.replID != rd.id
+		pd := c.primary().p.n.data()
+		rd.primary, rd.primaryID = pd.offset(), pd.hist.replID
 		s.mu.Lock()
 		s.reads = append(s.reads, rd)
 		s.mu.Unlock()
@@ -424,10 +623,9 @@ func (c *chaosRun) faults(rng *rand.Rand) {
 	later := func(do func()) {
 		heals = append(heals, heal{time.Now().Add(time.Duration(5+rng.IntN(60)) * time.Millisecond), do})
 	}
-	count := func(kind string) {
-		c.mu.Lock()
-		c.stats[kind]++
-		c.mu.Unlock()
+	kinds := 9
+	if c.durable {
+		kinds = 12
 	}
 	deadline := time.Now().Add(chaosFaultFor)
 	for time.Now().Before(deadline) {
@@ -441,34 +639,33 @@ func (c *chaosRun) faults(rng *rand.Rand) {
 		})
 		s := c.slots[rng.IntN(len(c.slots))]
 		dir := rng.IntN(2)
-		switch rng.IntN(9) {
+		switch rng.IntN(kinds) {
 		case 0, 1:
-			count("cut")
+			c.count("cut")
 			s.proxy.Cut()
 		case 2:
-			count("refuse")
+			c.count("refuse")
 			s.proxy.Refuse(true)
 			later(func() { s.proxy.Refuse(false) })
 		case 3:
-			count("stall")
+			c.count("stall")
 			s.proxy.Stall(dir, true)
 			later(func() { s.proxy.Stall(dir, false) })
 		case 4:
-			count("delay")
+			c.count("delay")
 			s.proxy.Delay(dir, time.Duration(100+rng.IntN(2000))*time.Microsecond)
 			later(func() { s.proxy.Delay(dir, 0) })
 		case 5:
-			count("bit flip")
+			c.count("bit flip")
 			s.proxy.Flip(dir)
 		case 8:
-			count("truncate")
+			c.count("truncate")
 			s.proxy.Truncate(dir)
-		case 6:
-			count("restart")
-			s.current().r.Close()
-			c.startReplica(s)
+		case 6, 11: // 11: durable runs only
+			c.count("replica restarts")
+			c.restartReplica(s)
 		case 7:
-			count("pause primary")
+			c.count("pause primary")
 			for _, s := range c.slots {
 				s.proxy.Stall(down, true)
 			}
@@ -477,6 +674,12 @@ func (c *chaosRun) faults(rng *rand.Rand) {
 					s.proxy.Stall(down, false)
 				}
 			})
+		case 9: // durable runs only
+			c.count("primary restarts")
+			c.restartPrimary(false)
+		case 10: // durable runs only
+			c.count("primary crashes")
+			c.restartPrimary(true)
 		}
 	}
 	for _, h := range heals {
@@ -536,21 +739,41 @@ func (c *chaosRun) checkLinearizable() {
 }
 
 // checkReplicaReads finds, for each replica read in order, the earliest
-// offset at which the primary's state matches it, no earlier than the
-// offset chosen for the replica's previous read and no earlier than the
-// replica's offset before the read. The read may also see the record
-// being applied after the replica's offset after the read, and nothing
-// beyond. Taking the earliest match keeps every later read's options
-// open, so a failure means no valid choice of offsets exists.
+// offset at which the state of the history it read (the primary's, or a
+// restarted primary's) matches it, no earlier than the offset chosen for
+// the replica's previous read and no earlier than the replica's offset
+// before the read. The read may also see the record being applied after
+// the replica's offset after the read, and nothing beyond. Taking the
+// earliest match keeps every later read's options open, so a failure
+// means no valid choice of offsets exists.
+//
+// The previous read is the same instance's; in durable runs the slot's,
+// across restarts, so a replica restarted from its directory must never
+// show an older state than it showed before. A replica may move only to a
+// history that continues the one it read before, and back only to where
+// the two part: below the offset a crashed primary restarted at, when it
+// held writes the crash lost.
 func (c *chaosRun) checkReplicaReads() {
-	byKey := make(map[string][]streamRecord)
-	for _, rec := range c.records {
-		byKey[rec.key] = append(byKey[rec.key], rec)
+	type index struct {
+		byKey map[string][]streamRecord
+		recs  []streamRecord
+	}
+	indexes := make(map[*chaosLine]*index)
+	indexOf := func(l *chaosLine) *index {
+		if x, ok := indexes[l]; ok {
+			return x
+		}
+		x := &index{byKey: make(map[string][]streamRecord), recs: l.records}
+		for _, rec := range l.records {
+			x.byKey[rec.key] = append(x.byKey[rec.key], rec)
+		}
+		indexes[l] = x
+		return x
 	}
 	// stateAt is key's value at offset o, and the index of the first
 	// record of key after o.
-	stateAt := func(key string, o uint64) (kvOutput, int) {
-		recs := byKey[key]
+	stateAt := func(x *index, key string, o uint64) (kvOutput, int) {
+		recs := x.byKey[key]
 		i, _ := slices.BinarySearchFunc(recs, o+1, func(r streamRecord, o uint64) int { return cmp.Compare(r.end, o) })
 		if i == 0 {
 			return kvOutput{}, 0
@@ -558,47 +781,105 @@ func (c *chaosRun) checkReplicaReads() {
 		return kvOutput{recs[i-1].value, recs[i-1].ok}, i
 	}
 	// nextEnd is the end of the record that starts at o, or o at the end.
-	nextEnd := func(o uint64) uint64 {
-		i, _ := slices.BinarySearchFunc(c.records, o+1, func(r streamRecord, o uint64) int { return cmp.Compare(r.end, o) })
-		if i == len(c.records) {
+	nextEnd := func(x *index, o uint64) uint64 {
+		i, _ := slices.BinarySearchFunc(x.recs, o+1, func(r streamRecord, o uint64) int { return cmp.Compare(r.end, o) })
+		if i == len(x.recs) {
 			return o
 		}
-		return c.records[i].end
+		return x.recs[i].end
+	}
+	type position struct {
+		line *chaosLine
+		at   uint64
 	}
 	reads := 0
 	for _, s := range c.slots {
-		floor := make(map[*replicaGen]uint64)
+		floors := make(map[any]position)
 		for _, rd := range s.reads {
+			if rd.mixed {
+				c.stats["replica reads across a change of history"]++
+				continue
+			}
 			reads++
-			if rd.after > rd.primary {
+			line := c.lines[rd.id]
+			if line == nil {
+				c.fail("%s read %s in history %q, which no primary had", s.name, rd.key, rd.id)
+				return
+			}
+			var floorKey any = rd.gen
+			if c.durable {
+				floorKey = s
+			}
+			var floor uint64
+			if prev, ok := floors[floorKey]; ok {
+				shared, ok := prev.line.shared(line)
+				if !ok {
+					c.fail("%s read %s in history %s after reading history %s at offset %d: it does not continue it",
+						s.name, rd.key, line.id, prev.line.id, prev.at)
+					return
+				}
+				if prev.at > shared {
+					c.stats["replicas sent back by a crash"]++
+				}
+				floor = min(prev.at, shared)
+			}
+			same := rd.id == rd.primaryID // the primary's offset read after is in the same history
+			if same && rd.after > rd.primary {
 				c.fail("%s read %s at offset %d, ahead of the primary's %d", s.name, rd.key, rd.after, rd.primary)
 				return
 			}
-			lo, hi := max(floor[rd.gen], rd.before), nextEnd(rd.after)
+			x := indexOf(line)
+			lo, hi := max(floor, rd.before), nextEnd(x, rd.after)
 			want := kvOutput{rd.value, rd.ok}
 			at, ok := lo, false
-			state, i := stateAt(rd.key, lo)
+			state, i := stateAt(x, rd.key, lo)
 			if state == want {
 				ok = true
 			} else {
-				for recs := byKey[rd.key]; i < len(recs) && recs[i].end <= hi; i++ {
+				for recs := x.byKey[rd.key]; i < len(recs) && recs[i].end <= hi; i++ {
 					if (kvOutput{recs[i].value, recs[i].ok}) == want {
 						at, ok = recs[i].end, true
 						break
 					}
 				}
 			}
-			if !ok || at > rd.primary {
-				c.fail("%s read %s = %q, %v between offsets %d and %d (floor %d): the primary never had that in [%d, %d]",
-					s.name, rd.key, rd.value, rd.ok, rd.before, rd.after, floor[rd.gen], lo, min(hi, rd.primary))
+			if !ok || (same && at > rd.primary) {
+				c.fail("%s read %s = %q, %v between offsets %d and %d (floor %d) of history %s: the primary never had that in [%d, %d]",
+					s.name, rd.key, rd.value, rd.ok, rd.before, rd.after, floor, rd.id, lo, hi)
 				return
 			}
-			floor[rd.gen] = at
+			floors[floorKey] = position{line, at}
 		}
 	}
-	c.mu.Lock()
 	c.stats["replica reads"] = reads
-	c.mu.Unlock()
+}
+
+// checkAcknowledged checks that every Set that returned nil is in the
+// final history (values are unique), and counts what became of those
+// whose outcome is unknown. Deletes are left to the linearizability
+// check.
+func (c *chaosRun) checkAcknowledged() {
+	final := c.primary().line
+	have := make(map[string]bool)
+	for _, rec := range final.records {
+		if rec.ok {
+			have[rec.value] = true
+		}
+	}
+	for _, op := range c.ops {
+		in := op.Input.(kvInput)
+		switch {
+		case in.op != 's':
+		case op.Return == unknownReturn && have[in.value]:
+			c.stats["unknown writes kept"]++
+		case op.Return == unknownReturn:
+			c.stats["unknown writes lost"]++
+		case !have[in.value]:
+			c.fail("set(%s, %s) returned nil, but the final history lacks it", in.key, in.value)
+		default:
+			c.stats["acknowledged sets checked"]++
+		}
+	}
 }
 
 // ringLog keeps the last lines written to it, to show when a run fails.

@@ -246,6 +246,11 @@ func (n *node[V]) close() error {
 	n.mu.Unlock()
 	n.wg.Wait()
 	if n.disk != nil {
+		// Under writeMu: a write that passed its closed check before the
+		// owner was marked closed may still be under way, and must reach
+		// the log first, or it stays in memory, served, and never on disk.
+		n.writeMu.Lock()
+		defer n.writeMu.Unlock()
 		return n.disk.close()
 	}
 	return nil

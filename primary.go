@@ -301,9 +301,11 @@ func (p *Primary[V]) Delete(key string) error {
 		n.writeMu.Unlock()
 		if existed {
 			n.wakeLinks()
-			if err == nil && n.disk != nil {
-				err = n.disk.afterWrite(end)
-			}
+		}
+		// A key already missing may be missing by a write not yet on
+		// disk: the Delete acknowledges that state, so it waits for it.
+		if err == nil && n.disk != nil {
+			err = n.disk.afterWrite(end)
 		}
 	}
 	p.putFrameBuf(buf, frame)
