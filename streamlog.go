@@ -56,11 +56,11 @@ type streamLog struct {
 	err      error                 // the first write or fsync failure, or the close: nothing is accepted after it
 	failure  atomic.Pointer[error] // the failure (not the close), read without mu
 
-	// syncing is held (a token in it) by the goroutine doing an fsync for
-	// everyone (group commit). A channel rather than a mutex, so that a
-	// writer waiting for a stalled disk is durably blocked in tests run
-	// with testing/synctest.
-	syncing chan struct{}
+	// Group commit: one goroutine at a time fsyncs for everyone, and the
+	// others wait on synced, closed when it is done, all woken at once.
+	syncMu  sync.Mutex    // guards syncing and synced
+	syncing bool          // an fsync is under way
+	synced  chan struct{} // closed when it ends
 	durable atomic.Uint64 // every stream byte below it is on disk
 	fsyncs  atomic.Uint64 // fsyncs done, for tests and Info
 
@@ -117,7 +117,7 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 	if err != nil {
 		return nil, err
 	}
-	l := &streamLog{fsys: fsys, dir: dir, maxSegment: maxSegment, maxFrame: maxFrame, log: log, now: time.Now, syncing: make(chan struct{}, 1)}
+	l := &streamLog{fsys: fsys, dir: dir, maxSegment: maxSegment, maxFrame: maxFrame, log: log, now: time.Now}
 	for _, name := range names {
 		if s, ok := parseSegmentName(name); ok {
 			l.segments = append(l.segments, s)
@@ -365,44 +365,28 @@ func (l *streamLog) offset() uint64 {
 // sync returns once every byte before target is on disk. Concurrent
 // callers share fsyncs: one does it for all the bytes appended so far,
 // the others wait for it and find their target covered (group commit).
+// They wait on a channel, not on a mutex: woken one by one through a
+// mutex, 64 writers took longer to file past it than the fsync itself.
 func (l *streamLog) sync(target uint64) error {
 	for l.durable.Load() < target {
-		l.syncing <- struct{}{}
+		l.syncMu.Lock()
 		if l.durable.Load() >= target {
-			<-l.syncing
+			l.syncMu.Unlock()
 			break
 		}
-		l.mu.Lock()
-		err := l.err
-		end, f := l.end, l.f
-		if err == nil {
-			if err = l.w.Flush(); err != nil {
-				err = l.fail(err)
-			}
+		if l.syncing {
+			done := l.synced
+			l.syncMu.Unlock()
+			<-done
+			continue
 		}
-		l.inflightSince.Store(l.pendingSince.Swap(0))
-		l.mu.Unlock()
-		if err == nil {
-			// Outside mu, so appends go on during the fsync. A rotation
-			// may close f meanwhile; it fsyncs f first, up to an end at
-			// or past this one, so then this fsync's failure is moot.
-			if err = f.Sync(); err != nil {
-				l.mu.Lock()
-				if l.f == f {
-					err = l.fail(err)
-				} else {
-					err = nil
-				}
-				l.mu.Unlock()
-			} else {
-				l.fsyncs.Add(1)
-				raise(&l.durable, end)
-			}
-		}
-		if err == nil {
-			l.inflightSince.Store(0)
-		}
-		<-l.syncing
+		l.syncing, l.synced = true, make(chan struct{})
+		l.syncMu.Unlock()
+		err := l.syncAll()
+		l.syncMu.Lock()
+		l.syncing = false
+		close(l.synced)
+		l.syncMu.Unlock()
 		if err != nil {
 			return err
 		}
@@ -410,6 +394,42 @@ func (l *streamLog) sync(target uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.err
+}
+
+// syncAll flushes and fsyncs every byte appended so far. One goroutine
+// at a time calls it (see sync).
+func (l *streamLog) syncAll() error {
+	l.mu.Lock()
+	err := l.err
+	end, f := l.end, l.f
+	if err == nil {
+		if err = l.w.Flush(); err != nil {
+			err = l.fail(err)
+		}
+	}
+	l.inflightSince.Store(l.pendingSince.Swap(0))
+	l.mu.Unlock()
+	if err == nil {
+		// Outside mu, so appends go on during the fsync. A rotation
+		// may close f meanwhile; it fsyncs f first, up to an end at
+		// or past this one, so then this fsync's failure is moot.
+		if err = f.Sync(); err != nil {
+			l.mu.Lock()
+			if l.f == f {
+				err = l.fail(err)
+			} else {
+				err = nil
+			}
+			l.mu.Unlock()
+		} else {
+			l.fsyncs.Add(1)
+			raise(&l.durable, end)
+		}
+	}
+	if err == nil {
+		l.inflightSince.Store(0)
+	}
+	return err
 }
 
 // oldestPending returns when the oldest write not yet on disk was

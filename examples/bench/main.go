@@ -68,10 +68,12 @@ type config struct {
 	w6Rate         int           // W6: Sets per second during the sync
 	resyncWrites   int           // W8: writes while the link is cut
 	failoverKeys   int           // W9, W10: keys in the primary
+	restartKeys    int           // W13, W14: keys in the primary
+	dataDir        string        // parent of both systems' data directories (W11–W14)
 	valueSize      int
 }
 
-var workloadIDs = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"}
+var workloadIDs = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13", "W14"}
 
 func parseFlags(args []string, out io.Writer) (config, error) {
 	var c config
@@ -81,7 +83,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary for -redis")
 	fs.StringVar(&c.redisBenchmark, "redis-benchmark", "redis-benchmark", "redis-benchmark binary for Redis's writes in W1 and W2 (\"\" to write with go-redis)")
 	fs.IntVar(&c.runs, "runs", 1, "runs of each workload; the table shows medians")
-	only := fs.String("only", "", "comma-separated workloads to run (default all: W1,...,W10)")
+	only := fs.String("only", "", "comma-separated workloads to run (default all: W1,...,W14); results.md and .json keep the rows of the others")
 	fs.StringVar(&c.out, "out", ".", "directory for results.md and results.json (\"\" for none)")
 	fs.BoolVar(&c.verbose, "v", false, "show the replica processes' logs")
 	fs.StringVar(&c.profileDir, "cpuprofile", "", "write CPU profiles of this process and every replica process to this directory")
@@ -89,12 +91,14 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.keyspace, "keyspace", 100_000, "W1, W2: distinct keys")
 	fs.IntVar(&c.writers, "writers", runtime.GOMAXPROCS(0), "W1, W2: goroutines calling replmap's Set")
 	fs.IntVar(&c.latencyOps, "latency-ops", 20_000, "W3: sequential Set+Wait calls")
-	fs.IntVar(&c.ackWorkers, "ack-workers", 64, "W4: goroutines doing Set+Wait")
-	fs.DurationVar(&c.ackTime, "ack-time", 3*time.Second, "W4: how long they run")
+	fs.IntVar(&c.ackWorkers, "ack-workers", 64, "W4: goroutines doing Set+Wait; W11: goroutines doing durable Sets (Redis: clients)")
+	fs.DurationVar(&c.ackTime, "ack-time", 3*time.Second, "W4, W11: how long they run")
 	fs.IntVar(&c.syncKeys, "sync-keys", 1_000_000, "W5-W7: keys in the primary")
 	fs.IntVar(&c.w6Rate, "w6-rate", 20_000, "W6: Sets per second during the full sync")
 	fs.IntVar(&c.resyncWrites, "resync-writes", 10_000, "W8: writes while the link is cut")
 	fs.IntVar(&c.failoverKeys, "failover-keys", 1_000_000, "W9, W10: keys in the primary")
+	fs.IntVar(&c.restartKeys, "restart-keys", 1_000_000, "W13, W14: keys in the primary")
+	fs.StringVar(&c.dataDir, "data-dir", os.TempDir(), "W11-W14: where both systems' data directories go (one disk for both)")
 	fs.IntVar(&c.valueSize, "value-size", 100, "bytes per value")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -117,7 +121,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		"-runs": c.runs, "-writes": c.writes, "-keyspace": c.keyspace, "-writers": c.writers,
 		"-latency-ops": c.latencyOps, "-ack-workers": c.ackWorkers, "-sync-keys": c.syncKeys,
 		"-w6-rate": c.w6Rate, "-resync-writes": c.resyncWrites, "-value-size": c.valueSize,
-		"-failover-keys": c.failoverKeys,
+		"-failover-keys": c.failoverKeys, "-restart-keys": c.restartKeys,
 	} {
 		if v <= 0 {
 			return c, fmt.Errorf("%s must be positive, got %d", name, v)
@@ -181,6 +185,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+	if cfg.out != "" && len(cfg.only) > 0 {
+		if err := res.keep(filepath.Join(cfg.out, "results.json")); err != nil {
+			return err
+		}
+	}
 	res.finish()
 	md := res.markdown()
 	fmt.Fprint(stdout, md)
@@ -228,6 +237,9 @@ type system interface {
 	// heal lets it through once it has redialled, and says when.
 	cut(ctx context.Context) error
 	heal(ctx context.Context) (time.Time, error)
+	// redialled returns once the proxied replica has redialled after a cut
+	// (its dial is held).
+	redialled(ctx context.Context) error
 	// caughtUp returns once the proxied replica has applied every write.
 	// Both systems poll the replica's offset every millisecond, so the
 	// figure's resolution is 1 ms: polling faster slowed both replicas
@@ -245,7 +257,34 @@ type system interface {
 	// one, and the full syncs that took (W10); ok is false for a system
 	// that has no handover to measure.
 	handover(ctx context.Context) (d time.Duration, fulls int, ok bool, err error)
+	// setDurability sets how the primaries that later starts start keep
+	// their writes on disk (W11–W14), in a fresh directory under
+	// cfg.dataDir that stop removes.
+	setDurability(d durability)
+	// diskUsage waits until the primary's background compaction (replmap:
+	// its snapshot; Redis: an AOF rewrite) is done and returns the bytes its
+	// data directory holds (Redis: the AOF directory), then the size of a
+	// snapshot of its data (replmap: Backup, the format of the directory's
+	// snapshots; Redis: SAVE's RDB) (W14).
+	diskUsage(ctx context.Context) (dir, snapshot float64, err error)
+	// restart shuts the primary down cleanly and starts it again on its
+	// data, at the same address (Redis: SHUTDOWN SAVE, then a redis-server
+	// that loads the RDB). It returns when it started the new one, and the
+	// time from then until it serves with its data loaded (W13).
+	restart(ctx context.Context) (began time.Time, served time.Duration, err error)
+	// primaryFullSyncs counts the full syncs the primary has served since it
+	// started.
+	primaryFullSyncs(ctx context.Context) (int, error)
 }
+
+// durability is how a primary keeps its writes on disk.
+type durability int
+
+const (
+	inMemory durability = iota // no persistence (W1–W10)
+	everySec                   // replmap: WithDataDir, FsyncEverySecond; Redis: appendonly yes, appendfsync everysec
+	always                     // replmap: WithFsync(FsyncAlways); Redis: appendfsync always
+)
 
 func machineDescription() string {
 	model := "unknown CPU"

@@ -32,7 +32,8 @@ func TestRunSmall(t *testing.T) {
 	var out, progress bytes.Buffer
 	err := run(t.Context(), []string{
 		"-writes", "2000", "-keyspace", "1500", "-latency-ops", "200", "-ack-time", "200ms",
-		"-sync-keys", "2000", "-resync-writes", "300", "-failover-keys", "2000", "-out", dir,
+		"-sync-keys", "2000", "-resync-writes", "300", "-failover-keys", "2000", "-restart-keys", "2000",
+		"-out", dir,
 	}, &out, &progress)
 	require.NoError(t, err, progress.String())
 
@@ -49,7 +50,8 @@ func TestRunSmall(t *testing.T) {
 		assert.Len(t, r.Replmap, 1, r.ID)
 		switch {
 		case strings.HasSuffix(r.ID, "full syncs"):
-			assert.Zero(t, r.ReplmapMedian, "%s: a failover or handover without a full sync", r.ID)
+			assert.Zero(t, r.ReplmapMedian, "%s: a failover, handover or restart without a full sync", r.ID)
+		case r.ID == "W12 cost": // a difference between two rates: either sign
 		case !strings.HasSuffix(r.ID, "RSS"): // RSS can shrink between readings
 			assert.Positive(t, r.ReplmapMedian, r.ID)
 		}
@@ -70,7 +72,8 @@ func TestRunSmallRedis(t *testing.T) {
 	var out, progress bytes.Buffer
 	err := run(t.Context(), []string{
 		"-redis", "-writes", "2000", "-keyspace", "500", "-latency-ops", "200", "-ack-time", "200ms",
-		"-sync-keys", "2000", "-resync-writes", "500", "-failover-keys", "2000", "-out", "",
+		"-sync-keys", "2000", "-resync-writes", "500", "-failover-keys", "2000", "-restart-keys", "2000",
+		"-out", "",
 	}, &out, &progress)
 	require.NoError(t, err, progress.String())
 	for _, line := range strings.Split(out.String(), "\n") {
@@ -83,9 +86,10 @@ func TestRunSmallRedis(t *testing.T) {
 
 func TestFlagsAreChecked(t *testing.T) {
 	for _, args := range [][]string{
-		{"-only", "W11"},
+		{"-only", "W15"},
 		{"-runs", "0"},
 		{"-ack-time", "-1s"},
+		{"-restart-keys", "0"},
 		{"extra"},
 	} {
 		_, err := parseFlags(args, &bytes.Buffer{})
@@ -94,6 +98,34 @@ func TestFlagsAreChecked(t *testing.T) {
 	cfg, err := parseFlags([]string{"-only", "w3, W8"}, &bytes.Buffer{})
 	require.NoError(t, err)
 	assert.True(t, cfg.wants("W3") && cfg.wants("W8") && !cfg.wants("W1"))
+}
+
+// TestOnlyKeepsOtherRows: a run of some workloads (-only) rewrites their
+// rows in results.json and results.md and keeps the others, with their
+// dates.
+func TestOnlyKeepsOtherRows(t *testing.T) {
+	dir := t.TempDir()
+	old := newResults(config{runs: 1}, "")
+	old.Date = "2026-01-02T00:00:00Z"
+	old.add("W1", "replmap", 5)
+	old.add("W11", "replmap", 1)
+	old.finish()
+	require.NoError(t, old.write(dir, old.markdown()))
+
+	res := newResults(config{runs: 1}, "")
+	res.Date = "2026-03-04T00:00:00Z"
+	res.add("W11", "replmap", 2)
+	require.NoError(t, res.keep(filepath.Join(dir, "results.json")))
+	res.finish()
+	require.Len(t, res.Rows, 2)
+	assert.Equal(t, "W1", res.Rows[0].ID)
+	assert.Equal(t, 5.0, res.Rows[0].ReplmapMedian)
+	assert.Equal(t, "2026-01-02T00:00:00Z", res.Rows[0].Date)
+	assert.Equal(t, 2.0, res.Rows[1].ReplmapMedian, "W11 measured again")
+	assert.Contains(t, res.markdown(), "W1 on 2026-01-02, W11 on 2026-03-04")
+
+	fresh := newResults(config{runs: 1}, "")
+	require.NoError(t, fresh.keep(filepath.Join(t.TempDir(), "results.json")), "no earlier file")
 }
 
 func TestStatistics(t *testing.T) {
@@ -126,4 +158,9 @@ func TestTargets(t *testing.T) {
 	assert.Equal(t, "≤ ⅓ of Redis", w3.target.String(w3))
 	assert.Equal(t, "≥ 5× Redis", w1.target.String(w1))
 	assert.Equal(t, "≥ 200k/s", w4.target.String(w4))
+	w12, w13 := findRow("W12 cost"), findRow("W13 replica")
+	met, _ = w12.target.met(w12, -3, 0, false)
+	assert.True(t, met, "faster with a data directory than without")
+	assert.Equal(t, "≤ 10.0%", w12.target.String(w12))
+	assert.Equal(t, "≤ Redis", w13.target.String(w13))
 }

@@ -91,21 +91,10 @@ func (p *proxy) cut() {
 // Redis replicas redial from a once-a-second cron), then forwards it and
 // every later one. It returns the time it let the held connections go.
 func (p *proxy) heal(ctx context.Context) (time.Time, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		p.mu.Lock()
-		if len(p.held) > 0 {
-			break
-		}
-		change := p.change
-		p.mu.Unlock()
-		select {
-		case <-change:
-		case <-ctx.Done():
-			return time.Time{}, context.Cause(ctx)
-		}
+	if err := p.waitHeld(ctx); err != nil {
+		return time.Time{}, err
 	}
+	p.mu.Lock()
 	healed := time.Now()
 	held := p.held
 	p.held, p.isCut = nil, false
@@ -127,4 +116,23 @@ func (p *proxy) close() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// waitHeld returns once a connection is being held.
+func (p *proxy) waitHeld(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		p.mu.Lock()
+		held, change := len(p.held) > 0, p.change
+		p.mu.Unlock()
+		if held {
+			return nil
+		}
+		select {
+		case <-change:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +37,8 @@ type redisSystem struct {
 	primary   *redisProc
 	replicas  []*redisProc
 	proxy     *proxy
+
+	durability durability // for the primaries start starts
 
 	baseHeap, baseRSS float64 // the last added replica's memory before it synced
 }
@@ -78,10 +81,10 @@ func (s *redisSystem) start(ctx context.Context, n int, viaProxy bool) (err erro
 			s.stop()
 		}
 	}()
-	if s.dir, err = os.MkdirTemp("", "replmap-bench-redis-"); err != nil {
+	if s.dir, err = os.MkdirTemp(s.cfg.dataDir, "replmap-bench-redis-"); err != nil {
 		return err
 	}
-	if s.primary, err = s.startProc(ctx, "primary"); err != nil {
+	if s.primary, err = s.startProc(ctx, "primary", 0, s.persistence()...); err != nil {
 		return err
 	}
 	for i := range n {
@@ -92,7 +95,7 @@ func (s *redisSystem) start(ctx context.Context, n int, viaProxy bool) (err erro
 			}
 			addr = s.proxy.addr()
 		}
-		rp, err := s.startProc(ctx, fmt.Sprintf("replica%d", i))
+		rp, err := s.startProc(ctx, fmt.Sprintf("replica%d", i), 0)
 		if err != nil {
 			return err
 		}
@@ -104,24 +107,41 @@ func (s *redisSystem) start(ctx context.Context, n int, viaProxy bool) (err erro
 	return nil
 }
 
-// startProc starts a redis-server in its own directory and returns once
-// it answers PING.
-func (s *redisSystem) startProc(ctx context.Context, name string) (*redisProc, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
+// persistence is the primary's persistence for s.durability: none, or an
+// AOF fsynced every second or at every write, rewritten as Redis does by
+// default (auto-aof-rewrite-percentage 100, min-size 64mb, with an RDB
+// preamble); no RDB saves.
+func (s *redisSystem) persistence() []string {
+	switch s.durability {
+	case everySec:
+		return []string{"--appendonly", "yes", "--appendfsync", "everysec"}
+	case always:
+		return []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	return nil
+}
+
+// startProc starts a redis-server in its own directory, on port (a free
+// one if 0), and returns once it answers PING (so has loaded its data).
+// args come after the defaults (no persistence) and override them.
+func (s *redisSystem) startProc(ctx context.Context, name string, port int, args ...string) (*redisProc, error) {
+	var err error
+	if port == 0 {
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
 	}
 	dir := filepath.Join(s.dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(s.cfg.redisServer,
+	cmd := exec.Command(s.cfg.redisServer, append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--protected-mode", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no",
 		"--save", "", "--appendonly", "no",
 		"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
 		"--repl-diskless-load", "on-empty-db", "--repl-backlog-size", "16mb",
-	)
+	}, args...)...)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting redis-server: %w", err)
 	}
@@ -134,7 +154,7 @@ func (s *redisSystem) startProc(ctx context.Context, name string) (*redisProc, e
 		DisableIdentity: true,
 		Protocol:        2,
 	})
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute) // loading a large RDB or AOF takes seconds
 	defer cancel()
 	err = pollUntil(ctx, time.Millisecond, func() (bool, error) {
 		select {
@@ -142,7 +162,7 @@ func (s *redisSystem) startProc(ctx context.Context, name string) (*redisProc, e
 			return false, fmt.Errorf("redis-server exited: %v (see %s)", err, filepath.Join(dir, "redis.log"))
 		default:
 		}
-		return rp.client.Ping(ctx).Err() == nil, nil
+		return pong(rp.client.Options().Addr), nil
 	})
 	if err != nil {
 		rp.stop()
@@ -162,6 +182,24 @@ func (rp *redisProc) stop() error {
 		<-rp.done
 		return errors.New("redis-server did not stop on SIGTERM")
 	}
+}
+
+// pong reports whether the redis-server at addr answers PING, which it
+// does only once it has loaded its data (until then it answers -LOADING).
+// It dials for itself: go-redis retries a refused dial with a backoff that
+// would add tens of milliseconds to a restart's time.
+func pong(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "+PONG")
 }
 
 func freePort() (int, error) {
@@ -324,7 +362,7 @@ func (s *redisSystem) fill(ctx context.Context, n, valueSize int) (heap, rss flo
 }
 
 func (s *redisSystem) addReplica(ctx context.Context) (time.Duration, error) {
-	rp, err := s.startProc(ctx, fmt.Sprintf("replica%d", len(s.replicas)))
+	rp, err := s.startProc(ctx, fmt.Sprintf("replica%d", len(s.replicas)), 0)
 	if err != nil {
 		return 0, err
 	}
@@ -352,6 +390,8 @@ func (s *redisSystem) cut(context.Context) error {
 }
 
 func (s *redisSystem) heal(ctx context.Context) (time.Time, error) { return s.proxy.heal(ctx) }
+
+func (s *redisSystem) redialled(ctx context.Context) error { return s.proxy.waitHeld(ctx) }
 
 func (s *redisSystem) caughtUp(ctx context.Context) error {
 	want, err := infoFloat(ctx, s.primary.client, "replication", "master_repl_offset")
@@ -435,4 +475,68 @@ func (s *redisSystem) handover(ctx context.Context) (time.Duration, int, bool, e
 	took := time.Since(start)
 	after, err := s.fullSyncsServed(ctx)
 	return took, after - before, true, err
+}
+
+func (s *redisSystem) setDurability(d durability) { s.durability = d }
+
+// diskUsage waits until no AOF rewrite or RDB save is under way and adds
+// up the AOF directory (base, incremental files and manifest), then SAVEs
+// an RDB and reads its size.
+func (s *redisSystem) diskUsage(ctx context.Context) (dir, snapshot float64, err error) {
+	c := s.primary.client
+	err = pollUntil(ctx, 10*time.Millisecond, func() (bool, error) {
+		m, err := infoFields(ctx, c, "persistence")
+		return err == nil && m["aof_rewrite_in_progress"] == "0" && m["aof_rewrite_scheduled"] == "0" &&
+			m["rdb_bgsave_in_progress"] == "0", err
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	pdir := filepath.Join(s.dir, "primary")
+	if _, dir, err = dirListing(filepath.Join(pdir, "appendonlydir")); err != nil {
+		return 0, 0, err
+	}
+	if err := c.Save(ctx).Err(); err != nil {
+		return 0, 0, err
+	}
+	fi, err := os.Stat(filepath.Join(pdir, "dump.rdb"))
+	if err != nil {
+		return 0, 0, err
+	}
+	return dir, float64(fi.Size()), nil
+}
+
+// restart shuts the primary down with SHUTDOWN SAVE (an RDB holding its
+// replication ID and offset) and starts a redis-server on the same
+// directory and port without AOF, so that it loads the RDB; the time from
+// starting it until it answers PING, which it does only once loaded.
+func (s *redisSystem) restart(ctx context.Context) (time.Time, time.Duration, error) {
+	old := s.primary
+	s.primary = nil
+	old.client.Close()
+	// A client of its own that does not retry: the connection closes as
+	// the server exits.
+	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", old.port), MaxRetries: -1, DisableIdentity: true, Protocol: 2})
+	_ = c.ShutdownSave(ctx).Err()
+	c.Close()
+	select {
+	case <-old.done:
+	case <-time.After(time.Minute):
+		old.cmd.Process.Kill()
+		<-old.done
+		return time.Time{}, 0, errors.New("redis-server did not exit on SHUTDOWN SAVE")
+	}
+	start := time.Now()
+	rp, err := s.startProc(ctx, "primary", old.port)
+	if err != nil {
+		return time.Time{}, 0, err
+	}
+	took := time.Since(start)
+	s.primary = rp
+	return start, took, nil
+}
+
+func (s *redisSystem) primaryFullSyncs(ctx context.Context) (int, error) {
+	v, err := infoFloat(ctx, s.primary.client, "stats", "sync_full")
+	return int(v), err
 }

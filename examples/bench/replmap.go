@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -32,6 +34,9 @@ type replmapSystem struct {
 	served   chan error
 	replicas []*replicaProc
 	proxy    *proxy
+
+	durability durability // for the primaries start starts
+	work       string     // their directory: data/ and a backup (W14)
 }
 
 func newReplmapSystem(cfg config, stderr io.Writer) *replmapSystem {
@@ -46,17 +51,17 @@ func (s *replmapSystem) start(ctx context.Context, n int, viaProxy bool) (err er
 			s.stop()
 		}
 	}()
-	s.p, err = replmap.NewPrimary[[]byte](replmap.WithLogger(s.logger()))
-	if err != nil {
+	if s.durability != inMemory {
+		if s.work, err = os.MkdirTemp(s.cfg.dataDir, "replmap-bench-replmap-"); err != nil {
+			return err
+		}
+	}
+	if s.p, err = replmap.NewPrimary[[]byte](s.primaryOptions()...); err != nil {
 		return err
 	}
-	l, err := s.tcp.Listen("127.0.0.1:0")
-	if err != nil {
+	if err := s.serve("127.0.0.1:0"); err != nil {
 		return err
 	}
-	s.addr = l.Addr().String()
-	s.served = make(chan error, 1)
-	go func() { s.served <- s.p.Serve(l) }()
 	for i := range n {
 		addr := s.addr
 		if viaProxy && i == 0 {
@@ -74,6 +79,33 @@ func (s *replmapSystem) start(ctx context.Context, n int, viaProxy bool) (err er
 			return err
 		}
 	}
+	return nil
+}
+
+// primaryOptions are the options of the primary, whose data directory, if
+// it has one, is work/data.
+func (s *replmapSystem) primaryOptions() []replmap.Option {
+	opts := []replmap.Option{replmap.WithLogger(s.logger())}
+	switch s.durability {
+	case everySec:
+		opts = append(opts, replmap.WithDataDir(s.dataDir()))
+	case always:
+		opts = append(opts, replmap.WithDataDir(s.dataDir()), replmap.WithFsync(replmap.FsyncAlways))
+	}
+	return opts
+}
+
+func (s *replmapSystem) dataDir() string { return filepath.Join(s.work, "data") }
+
+// serve listens on addr and serves the primary there.
+func (s *replmapSystem) serve(addr string) error {
+	l, err := s.tcp.Listen(addr)
+	if err != nil {
+		return err
+	}
+	s.addr = l.Addr().String()
+	s.served = make(chan error, 1)
+	go func() { s.served <- s.p.Serve(l) }()
 	return nil
 }
 
@@ -101,7 +133,99 @@ func (s *replmapSystem) stop() error {
 		}
 		s.p = nil
 	}
+	if s.work != "" {
+		errs = append(errs, os.RemoveAll(s.work))
+		s.work = ""
+	}
 	return errors.Join(errs...)
+}
+
+func (s *replmapSystem) setDurability(d durability) { s.durability = d }
+
+// diskUsage syncs the primary's data directory, waits until no snapshot is
+// being written into it (its listing holds no temporary file and stays the
+// same for 200 ms: a snapshot in progress grows its file), and adds up its
+// files; then it writes a Backup beside it.
+func (s *replmapSystem) diskUsage(ctx context.Context) (dir, snapshot float64, err error) {
+	if err := s.p.Sync(); err != nil {
+		return 0, 0, err
+	}
+	var last string
+	stable := 0
+	err = pollUntil(ctx, 20*time.Millisecond, func() (bool, error) {
+		listing, size, err := dirListing(s.dataDir())
+		if err != nil {
+			return false, err
+		}
+		if listing == last && !strings.Contains(listing, ".tmp ") {
+			stable++
+		} else {
+			stable = 0
+		}
+		last, dir = listing, size
+		return stable >= 10, nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	f, err := os.Create(filepath.Join(s.work, "backup"))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	w := bufio.NewWriterSize(f, 256<<10)
+	if _, err := s.p.Backup(ctx, w); err != nil {
+		return 0, 0, err
+	}
+	if err := w.Flush(); err != nil {
+		return 0, 0, err
+	}
+	n, err := f.Seek(0, io.SeekCurrent)
+	return dir, float64(n), err
+}
+
+// dirListing returns every file under dir with its size, one per line, and
+// their total size.
+func dirListing(dir string) (string, float64, error) {
+	var b strings.Builder
+	var total int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += info.Size()
+		fmt.Fprintf(&b, "%s %d\n", path, info.Size())
+		return nil
+	})
+	return b.String(), float64(total), err
+}
+
+// restart closes the primary (which makes its writes durable) and times
+// NewPrimary on its directory, then serves it on the same address.
+func (s *replmapSystem) restart(context.Context) (time.Time, time.Duration, error) {
+	if err := s.p.Close(); err != nil {
+		return time.Time{}, 0, err
+	}
+	if err := <-s.served; !errors.Is(err, replmap.ErrClosed) {
+		return time.Time{}, 0, err
+	}
+	s.p = nil
+	start := time.Now()
+	p, err := replmap.NewPrimary[[]byte](s.primaryOptions()...)
+	if err != nil {
+		return time.Time{}, 0, err
+	}
+	took := time.Since(start)
+	s.p = p
+	return start, took, s.serve(s.addr)
+}
+
+func (s *replmapSystem) primaryFullSyncs(context.Context) (int, error) {
+	return int(s.p.Info().FullSyncs), nil
 }
 
 func (s *replmapSystem) setBatch(_ context.Context, keys []string, vals [][]byte) error {
@@ -184,6 +308,8 @@ func (s *replmapSystem) cut(context.Context) error {
 }
 
 func (s *replmapSystem) heal(ctx context.Context) (time.Time, error) { return s.proxy.heal(ctx) }
+
+func (s *replmapSystem) redialled(ctx context.Context) error { return s.proxy.waitHeld(ctx) }
 
 func (s *replmapSystem) caughtUp(ctx context.Context) error {
 	want := s.p.Offset()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -31,6 +32,8 @@ func (t target) String(r row) string {
 		cmp = "≥"
 	}
 	switch {
+	case t.factor == 1:
+		return cmp + " Redis"
 	case t.factor > 0 && r.higherIsBetter:
 		return fmt.Sprintf("%s %g× Redis", cmp, t.factor)
 	case t.factor > 0:
@@ -88,6 +91,14 @@ var rows = []row{
 	{"W9 full syncs", "full syncs the failover took", "", false, "0", target{}},
 	{"W10", "planned handover (Redis: FAILOVER TO), 1M keys: time from the call to the old primary streaming from the new", "ms", false, "—", target{abs: 10}},
 	{"W10 full syncs", "full syncs the handover took", "", false, "—", target{}},
+	{"W11", "durable writes/s, fsync always (Redis: appendfsync always), 64 goroutines (Redis: clients) doing Set, no replica", "/s", true, "—", target{factor: 2}},
+	{"W12", "W1 with a data directory, fsync every second (Redis: AOF, appendfsync everysec)", "/s", true, "—", target{}},
+	{"W12 cost", "how much slower W12 is than W1 without one, in the same run (Redis: than no AOF)", "%", false, "—", target{abs: 10}},
+	{"W13 serve", "restart of a primary with 1M keys on its data (Redis: SHUTDOWN SAVE, load the RDB): time until it serves", "ms", false, "—", target{factor: 1}},
+	{"W13 replica", "same: time from the restart until its replica has acknowledged a new write", "ms", false, "—", target{factor: 1}},
+	{"W13 full syncs", "full syncs the restart took", "", false, "—", target{}},
+	{"W14 dir", "bytes on disk per key, 1M × 100 B: data directory, once its snapshot is written (Redis: AOF directory, after its rewrite)", "B", false, "—", target{}},
+	{"W14 snapshot", "bytes on disk per key: one snapshot (replmap: Backup, the directory's snapshot format; Redis: RDB)", "B", false, "—", target{}},
 }
 
 func findRow(id string) row {
@@ -120,6 +131,8 @@ func formatValue(unit string, v float64) string {
 		return fmt.Sprintf("%.2f s", v)
 	case "B":
 		return fmt.Sprintf("%.0f B", v)
+	case "%":
+		return fmt.Sprintf("%.1f%%", v)
 	case "":
 		return fmt.Sprintf("%.0f", v)
 	}
@@ -149,6 +162,9 @@ type resultRow struct {
 	Advantage     float64 `json:"advantage,omitempty"`
 	Target        string  `json:"target"`
 	Met           *bool   `json:"met,omitempty"`
+	// Date is when the row was measured: rows kept from an earlier
+	// results.json by a run of some workloads (-only) keep theirs.
+	Date string `json:"date,omitempty"`
 }
 
 func newResults(cfg config, redisVersion string) *results {
@@ -161,6 +177,7 @@ func newResults(cfg config, redisVersion string) *results {
 			"writers": cfg.writers, "latency_ops": cfg.latencyOps, "ack_workers": cfg.ackWorkers,
 			"ack_time": cfg.ackTime.String(), "sync_keys": cfg.syncKeys, "w6_rate": cfg.w6Rate,
 			"resync_writes": cfg.resyncWrites, "value_size": cfg.valueSize,
+			"failover_keys": cfg.failoverKeys, "restart_keys": cfg.restartKeys,
 		},
 	}
 }
@@ -169,7 +186,7 @@ func (res *results) add(id, system string, v float64) {
 	i := slices.IndexFunc(res.Rows, func(r resultRow) bool { return r.ID == id })
 	if i < 0 {
 		r := findRow(id)
-		res.Rows = append(res.Rows, resultRow{ID: id, Workload: r.workload, Unit: r.unit, Higher: r.higherIsBetter})
+		res.Rows = append(res.Rows, resultRow{ID: id, Workload: r.workload, Unit: r.unit, Higher: r.higherIsBetter, Date: res.Date})
 		i = len(res.Rows) - 1
 	}
 	if system == "redis" {
@@ -177,6 +194,37 @@ func (res *results) add(id, system string, v float64) {
 	} else {
 		res.Rows[i].Replmap = append(res.Rows[i].Replmap, v)
 	}
+}
+
+// keep adds the rows of an earlier results.json at path that this run
+// did not measure, so that running some workloads (-only) updates their
+// rows and keeps the others. A missing file keeps nothing.
+func (res *results) keep(path string) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var old results
+	if err := json.Unmarshal(b, &old); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	for _, rr := range old.Rows {
+		known := slices.ContainsFunc(rows, func(r row) bool { return r.id == rr.ID })
+		measured := slices.ContainsFunc(res.Rows, func(r resultRow) bool { return r.ID == rr.ID })
+		if !known || measured {
+			continue
+		}
+		if rr.Date == "" {
+			rr.Date = old.Date
+		}
+		r := findRow(rr.ID)
+		rr.Workload, rr.Unit, rr.Higher = r.workload, r.unit, r.higherIsBetter
+		res.Rows = append(res.Rows, rr)
+	}
+	return nil
 }
 
 func (res *results) format(id string, v float64) string { return formatValue(findRow(id).unit, v) }
@@ -193,7 +241,7 @@ func (res *results) finish() {
 		have := len(rr.Redis) > 0
 		if have {
 			rr.RedisMedian = median(rr.Redis)
-			if rr.ReplmapMedian > 0 && rr.RedisMedian > 0 {
+			if rr.ReplmapMedian > 0 && rr.RedisMedian > 0 && r.unit != "%" {
 				if r.higherIsBetter {
 					rr.Advantage = rr.ReplmapMedian / rr.RedisMedian
 				} else {
@@ -224,7 +272,7 @@ func median(v []float64) float64 {
 func (res *results) markdown() string {
 	var b strings.Builder
 	runs := res.Config["runs"]
-	fmt.Fprintf(&b, "replmap vs Redis, %s, median of %v run(s)\n", res.Date[:10], runs)
+	fmt.Fprintf(&b, "replmap vs Redis, %s, median of %v run(s)\n", res.dates(), runs)
 	fmt.Fprintf(&b, "Machine: %s", res.Machine)
 	if res.RedisVersion != "" {
 		fmt.Fprintf(&b, "; Redis %s", res.RedisVersion)
@@ -246,6 +294,38 @@ func (res *results) markdown() string {
 			rr.ID, rr.Workload, formatValue(rr.Unit, rr.ReplmapMedian), redis, adv, rr.Target, met)
 	}
 	return b.String()
+}
+
+// dates says when the rows were measured: the date, or, for rows from
+// several runs, each date with the workloads measured then.
+func (res *results) dates() string {
+	var days []string
+	ids := make(map[string][]string)
+	for _, rr := range res.Rows {
+		day := res.Date[:10]
+		if len(rr.Date) >= 10 {
+			day = rr.Date[:10]
+		}
+		if !slices.Contains(days, day) {
+			days = append(days, day)
+		}
+		w, _, _ := strings.Cut(rr.ID, " ")
+		if !slices.Contains(ids[day], w) {
+			ids[day] = append(ids[day], w)
+		}
+	}
+	if len(days) <= 1 {
+		return res.Date[:10]
+	}
+	var parts []string
+	for _, day := range days {
+		w := ids[day]
+		if len(w) > 2 {
+			w = []string{w[0] + "–" + w[len(w)-1]}
+		}
+		parts = append(parts, strings.Join(w, ", ")+" on "+day)
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (res *results) write(dir, md string) error {

@@ -39,6 +39,9 @@ var workloads = []workload{
 	{[]string{"W5", "W6", "W7"}, "W5-W7 full sync of a large primary", fullSync},
 	{[]string{"W9"}, "W9 failover after the primary's death", failover},
 	{[]string{"W10"}, "W10 planned handover", handover},
+	{[]string{"W11"}, "W11 durable writes, fsync always", durableWrites},
+	{[]string{"W12"}, "W12 W1 with a data directory, fsync every second", everySecondCost},
+	{[]string{"W13", "W14"}, "W13-W14 restart of a primary on its data, bytes on disk", restartFromDisk},
 }
 
 // startFilled starts a primary with two replicas, fills it with
@@ -378,4 +381,120 @@ func pollUntil(ctx context.Context, interval time.Duration, done func() (bool, e
 		case <-time.After(interval):
 		}
 	}
+}
+
+// durableWrites is W11: a primary that fsyncs every write before
+// acknowledging it (replmap: FsyncAlways; Redis: appendfsync always), no
+// replicas, cfg.ackWorkers goroutines (Redis: as many connections) doing
+// Set for cfg.ackTime; the rate of acknowledged writes.
+func durableWrites(ctx context.Context, s system, cfg config) (map[string]float64, error) {
+	s.setDurability(always)
+	defer s.setDurability(inMemory)
+	if err := s.start(ctx, 0, false); err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	names := keyNames(cfg.keyspace)
+	val := randomValue(newRand(), cfg.valueSize)
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, cfg.ackWorkers)
+	deadline := time.Now().Add(cfg.ackTime)
+	start := time.Now()
+	for w := range cfg.ackWorkers {
+		wg.Go(func() {
+			for i := w; time.Now().Before(deadline); i += cfg.ackWorkers {
+				if err := s.set(ctx, names[i%len(names)], val); err != nil {
+					errs[w] = err
+					return
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return map[string]float64{"W11": float64(done.Load()) / elapsed.Seconds()}, nil
+}
+
+// everySecondCost is W12: W1 in memory and with the primary writing a
+// data directory fsynced every second (Redis: no AOF, and appendonly yes
+// with appendfsync everysec), alternated A B B A in one run so that drift
+// in the machine's speed falls on both; the rate with the directory and how
+// much slower it is, in percent.
+func everySecondCost(ctx context.Context, s system, cfg config) (map[string]float64, error) {
+	defer s.setDurability(inMemory)
+	var mem, disk float64
+	for _, d := range []durability{inMemory, everySec, everySec, inMemory} {
+		s.setDurability(d)
+		v, err := replicatedWrites(ctx, s, cfg, 1)
+		if err != nil {
+			return nil, err
+		}
+		if d == inMemory {
+			mem += v / 2
+		} else {
+			disk += v / 2
+		}
+	}
+	return map[string]float64{"W12": disk, "W12 cost": 100 * (1 - disk/mem)}, nil
+}
+
+// restartFromDisk is W13 and W14: a primary with a data directory (fsync
+// every second; Redis: an AOF fsynced every second) and one replica
+// behind the proxy, filled with cfg.restartKeys keys. W14 reads the bytes
+// on disk per key. Then the replica's link is cut and its redial held, the
+// primary is shut down cleanly and restarted on its data (W13: the time
+// from starting it until it serves), the replica is let through, and one
+// write is made and waited for: the time from starting the primary until
+// the replica acknowledged it (W13 replica), and the full syncs that took.
+func restartFromDisk(ctx context.Context, s system, cfg config) (map[string]float64, error) {
+	s.setDurability(everySec)
+	defer s.setDurability(inMemory)
+	if err := s.start(ctx, 1, true); err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	if _, _, err := s.fill(ctx, cfg.restartKeys, cfg.valueSize); err != nil {
+		return nil, err
+	}
+	if err := s.waitReplicas(ctx, 1); err != nil {
+		return nil, err
+	}
+	dir, snap, err := s.diskUsage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cut(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.redialled(ctx); err != nil {
+		return nil, err
+	}
+	start, served, err := s.restart(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.heal(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.setWait(ctx, "key:0", randomValue(newRand(), cfg.valueSize)); err != nil {
+		return nil, err
+	}
+	streaming := time.Since(start)
+	fulls, err := s.primaryFullSyncs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := float64(cfg.restartKeys)
+	return map[string]float64{
+		"W13 serve":      millis(served),
+		"W13 replica":    millis(streaming),
+		"W13 full syncs": float64(fulls),
+		"W14 dir":        dir / n,
+		"W14 snapshot":   snap / n,
+	}, nil
 }
