@@ -91,10 +91,11 @@ func RestorePrimary[V any](r io.Reader, opts ...Option) (*Primary[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	st, store, end, err := readBackup[V](r, cfg)
+	st, store, end, err := readBackup[V](r, cfg, 0)
 	if err != nil {
 		return nil, fmt.Errorf("replmap: restore: %w", err)
 	}
+	store.private = false
 	epoch := max(st.epoch, cfg.epoch)
 	d := &dataset[V]{
 		store:   store,
@@ -112,8 +113,11 @@ func RestorePrimary[V any](r io.Reader, opts ...Option) (*Primary[V], error) {
 
 // readBackup reads a backup: FULL, CHUNKs and records up to END, then the
 // records up to END's offset, and nothing after. It returns the history
-// it was taken from, the data, and the offset the data is exact at.
-func readBackup[V any](r io.Reader, cfg config) (syncStart, *store[V], uint64, error) {
+// it was taken from, the data, and the offset the data is exact at. The
+// store is private (see store.private): the caller publishes it. size, if
+// positive, is the backup's size in bytes, which bounds the key count the
+// store is sized for.
+func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V], uint64, error) {
 	fr := newFrameReader(r, cfg.maxFrameSize)
 	next := func() (frameType, []byte, int, error) {
 		t, payload, size, err := fr.next()
@@ -133,7 +137,11 @@ func readBackup[V any](r io.Reader, cfg config) (syncStart, *store[V], uint64, e
 	if err != nil {
 		return syncStart{}, nil, 0, err
 	}
-	loader := newSnapshotLoader[V](cfg.maxKeySize, cfg.maxValueSize, cfg.maxSnapshot)
+	bound := cfg.maxSnapshot
+	if size > 0 && (bound <= 0 || size < bound) {
+		bound = size
+	}
+	loader := newSnapshotLoader[V](cfg.maxKeySize, cfg.maxValueSize, cfg.maxSnapshot, sizeHint(st.keys, bound))
 	offset := st.offset
 	var until uint64
 	ended := false

@@ -228,7 +228,7 @@ func BenchmarkSnapshot(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			fr := newFrameReader(bytes.NewReader(snapshot), DefaultMaxFrameSize)
-			loader := newSnapshotLoader[[]byte](DefaultMaxKeySize, DefaultMaxValueSize, 0)
+			loader := newSnapshotLoader[[]byte](DefaultMaxKeySize, DefaultMaxValueSize, 0, 0)
 			for {
 				_, payload, _, err := fr.next()
 				if err == io.EOF {

@@ -254,11 +254,15 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 		return nil, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
 	}
 	name := filepath.Join(dir, snapshotName(snap))
+	size, err := fileSize(dd.fsys, name)
+	if err != nil {
+		return nil, err
+	}
 	f, err := dd.fsys.OpenFile(name, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
-	_, st, end, err := readBackup[V](bufio.NewReaderSize(f, 256<<10), cfg)
+	_, st, end, err := readBackup[V](bufio.NewReaderSize(f, 256<<10), cfg, size)
 	f.Close()
 	if err == nil && end != snap {
 		err = fmt.Errorf("snapshot is exact at offset %d, not %d", end, snap)
@@ -266,12 +270,24 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrChecksum, name, err)
 	}
-	size, _ := fileSize(dd.fsys, name)
 
-	// The log: every frame goes to the backlog, and those past the
-	// snapshot to the store as well.
+	// The log: the frames past the snapshot go to the store, and the last
+	// backlog's worth of frames (from the first that starts at or after
+	// cutoff) to the backlog, so that replicas that were behind can
+	// resume.
+	first, _, logEnd, err := segmentBounds(dd.fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	if first > snap {
+		return nil, fmt.Errorf("%w: the log in %s starts at offset %d, after the snapshot at %d", ErrLostState, dir, first, snap)
+	}
+	cutoff := first
+	if logEnd > first+dd.backlogSize {
+		cutoff = logEnd - dd.backlogSize
+	}
 	var bl *backlog
-	var off uint64
+	off := first
 	replay := func(frame []byte, file string) error {
 		if off >= snap {
 			t := frameType(frame[4])
@@ -283,18 +299,15 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 				return fmt.Errorf("%w: %s at offset %d: %w", ErrChecksum, file, off, err)
 			}
 		}
-		bl.append(frame)
+		if bl == nil && off >= cutoff {
+			bl = newBacklog(cfg, off)
+		}
+		if bl != nil {
+			bl.append(frame)
+		}
 		off += uint64(len(frame))
 		return nil
 	}
-	first, err := firstSegment(dd.fsys, dir)
-	if err != nil {
-		return nil, err
-	}
-	if first > snap {
-		return nil, fmt.Errorf("%w: the log in %s starts at offset %d, after the snapshot at %d", ErrLostState, dir, first, snap)
-	}
-	bl, off = newBacklog(cfg, first), first
 	sl, err := openStreamLog(dd.fsys, dir, snap, dd.segmentSize, dd.maxFrame, dd.log, replay)
 	if err != nil {
 		return nil, err
@@ -303,6 +316,10 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 		sl.close()
 		return nil, fmt.Errorf("%w: the log in %s ends at offset %d, before the snapshot at %d", ErrLostState, dir, sl.end, snap)
 	}
+	if bl == nil {
+		bl = newBacklog(cfg, sl.end)
+	}
+	st.private = false // the caller publishes it
 	for _, name := range stale {
 		if err := dd.fsys.Remove(filepath.Join(dir, name)); err != nil {
 			dd.log.Warn("could not remove a stale file", "file", name, "err", err)
@@ -310,22 +327,35 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	}
 	dd.stream.Store(sl)
 	dd.snapAt, dd.snapSize = snap, size
-	dd.log.Info("loaded", "snapshot", snap, "offset", sl.end, "keys", st.len(), "backlog_from", first)
+	dd.log.Info("loaded", "snapshot", snap, "offset", sl.end, "keys", st.len(), "log_from", first)
 	return &loadedData[V]{rec: rec, store: st, backlog: bl}, nil
 }
 
-// firstSegment returns the start of the oldest segment in dir.
-func firstSegment(fsys fileSystem, dir string) (uint64, error) {
+// segmentBounds returns where the oldest and newest segments in dir
+// start, and where the log ends by the files' sizes (before a torn tail,
+// if any, is cut off).
+func segmentBounds(fsys fileSystem, dir string) (first, last, end uint64, err error) {
 	names, err := fsys.ReadDir(dir)
 	if err != nil {
-		return 0, err
+		return 0, 0, 0, err
 	}
+	found := false
 	for _, name := range names {
 		if s, ok := parseSegmentName(name); ok {
-			return s, nil
+			if !found {
+				first = s
+			}
+			last, found = s, true
 		}
 	}
-	return 0, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
+	if !found {
+		return 0, 0, 0, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
+	}
+	size, err := fileSize(fsys, filepath.Join(dir, segmentName(last)))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return first, last, last + uint64(max(size-segmentHeaderSize, 0)), nil
 }
 
 func fileSize(fsys fileSystem, name string) (int64, error) {

@@ -28,7 +28,7 @@ package replmap
 // Primary to replica:
 //
 //	FULL     'F'  sync start: str replID, u64 offset O the snapshot starts from,
-//	              u64 epoch, str replID2, u64 replID2 offset
+//	              u64 epoch, str replID2, u64 replID2 offset[, u64 key count hint]
 //	CHUNK    'K'  snapshot entries: uv key length, key, uv value length, value
 //	END      'E'  u64 entry count, u32 CRC-32C of all CHUNK payloads, u64 offset E
 //	CONTINUE 'C'  sync start, as FULL, with the offset the stream resumes from
@@ -403,6 +403,7 @@ type syncStart struct {
 	epoch         uint64
 	replID2       string
 	replID2Offset uint64
+	keys          uint64 // FULL: about how many keys the snapshot holds (a sizing hint, unchecked)
 }
 
 func (s syncStart) history() history {
@@ -423,6 +424,9 @@ func appendSyncStart(dst []byte, t frameType, s syncStart) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, s.epoch)
 	dst = appendString(dst, s.replID2)
 	dst = binary.BigEndian.AppendUint64(dst, s.replID2Offset)
+	if s.keys > 0 {
+		dst = binary.BigEndian.AppendUint64(dst, s.keys)
+	}
 	return endFrame(dst, start)
 }
 
@@ -434,6 +438,9 @@ func parseSyncStart(t frameType, b []byte) (syncStart, error) {
 	s.epoch = p.u64(t.String() + " epoch")
 	s.replID2 = string(p.bytes(t.String()+" replication ID 2", maxIDLen))
 	s.replID2Offset = p.u64(t.String() + " replication ID 2 offset")
+	if len(p.b) > 0 {
+		s.keys = p.u64(t.String() + " key count")
+	}
 	if p.err == nil && s.replID == "" {
 		p.err = fmt.Errorf("%w: %s without a replication ID", ErrProtocol, t)
 	}

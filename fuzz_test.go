@@ -152,9 +152,9 @@ func FuzzSnapshotChunk(f *testing.F) {
 	f.Add([]byte{1, 'k', 5, 0xdd, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		limit := uint64(64*len(payload)) + 1<<20
-		checkAlloc(t, limit, func() { _ = newSnapshotLoader[any](1024, 1<<20, 0).chunk(payload) })
-		checkAlloc(t, limit, func() { _ = newSnapshotLoader[[]byte](1024, 1<<20, 0).chunk(payload) })
-		checkAlloc(t, limit, func() { _ = newSnapshotLoader[map[string][]int](1024, 1<<20, 0).chunk(payload) })
+		checkAlloc(t, limit, func() { _ = newSnapshotLoader[any](1024, 1<<20, 0, 0).chunk(payload) })
+		checkAlloc(t, limit, func() { _ = newSnapshotLoader[[]byte](1024, 1<<20, 0, 0).chunk(payload) })
+		checkAlloc(t, limit, func() { _ = newSnapshotLoader[map[string][]int](1024, 1<<20, 0, 0).chunk(payload) })
 	})
 }
 

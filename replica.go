@@ -635,7 +635,7 @@ func (s *replicaSession[V]) startSnapshot(full []byte) error {
 	n.seeEpoch(st.epoch)
 	r.state.Store(StateSyncing)
 	r.syncKeys.Store(0)
-	s.loader = newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize, r.cfg.maxSnapshot)
+	s.loader = newSnapshotLoader[V](r.cfg.maxKeySize, r.cfg.maxValueSize, r.cfg.maxSnapshot, sizeHint(st.keys, r.cfg.maxSnapshot))
 	s.target = &dataset[V]{store: s.loader.store, backlog: newBacklog(r.cfg, st.offset), hist: st.history()}
 	return nil
 }
@@ -680,6 +680,7 @@ func (s *replicaSession[V]) maybeSwap() error {
 		}
 		s.snap = nil
 	}
+	s.target.store.private = false // published by the swap below
 	old := n.data()
 	if shared, ok := sharedPrefix(old.hist, s.target.hist); ok && old.offset() > shared {
 		// This replica was ahead of the new primary in the history they

@@ -38,7 +38,9 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) (end uint64
 	l.cur = cur
 	l.sent.Store(from)
 
-	if _, err := w.Write(appendSyncStart(nil, frameFull, l.start(from))); err != nil {
+	st := l.start(from)
+	st.keys = uint64(d.store.len())
+	if _, err := w.Write(appendSyncStart(nil, frameFull, st)); err != nil {
 		return 0, err
 	}
 	sw := snapshotWriter{w: w, limit: chunkLimit(l.maxFrame)}
@@ -158,8 +160,25 @@ type snapshotLoader[V any] struct {
 	count    uint64
 }
 
-func newSnapshotLoader[V any](maxKey, maxValue int, maxBytes int64) *snapshotLoader[V] {
-	return &snapshotLoader[V]{store: newStore[V](), maxKey: maxKey, maxValue: maxValue, maxBytes: maxBytes}
+// newSnapshotLoader returns a loader into a new private store (see
+// store.private), sized for keys entries: the FULL frame's hint, which
+// the caller bounds by what it trusts.
+func newSnapshotLoader[V any](maxKey, maxValue int, maxBytes int64, keys int) *snapshotLoader[V] {
+	st := newStoreSized[V](keys)
+	st.private = true
+	return &snapshotLoader[V]{store: st, maxKey: maxKey, maxValue: maxValue, maxBytes: maxBytes}
+}
+
+// sizeHint bounds a FULL frame's key count by what the bytes it can be
+// followed by could hold: a peer must not make a replica allocate for
+// keys it never sends. An entry takes at least minEntryBytes of the
+// snapshot; with no bound on the snapshot, the hint is not used.
+func sizeHint(keys uint64, maxBytes int64) int {
+	const minEntryBytes = 16
+	if maxBytes <= 0 {
+		return 0
+	}
+	return int(min(keys, uint64(maxBytes/minEntryBytes)))
 }
 
 // chunk loads one CHUNK payload.

@@ -30,6 +30,12 @@ type store[V any] struct {
 	seed   maphash.Seed
 	n      atomic.Int64
 	packed bool // V is []byte: entries live in shard.p
+
+	// private is set while one goroutine alone has the store (a snapshot
+	// being loaded): writes then skip the shard locks. It is cleared
+	// before the store is published, by an atomic store or under a lock,
+	// which orders those writes before any reader's.
+	private bool
 	shards [shardCount]shard[V]
 }
 
@@ -45,14 +51,22 @@ type entry[V any] struct {
 	value V
 }
 
-func newStore[V any]() *store[V] {
+func newStore[V any]() *store[V] { return newStoreSized[V](0) }
+
+// newStoreSized returns a store with room for about keys entries, so that
+// loading them does not grow and rehash its maps.
+func newStoreSized[V any](keys int) *store[V] {
 	s := &store[V]{seed: maphash.MakeSeed()}
 	_, s.packed = any((*V)(nil)).(*[]byte)
+	per := 0
+	if keys > 0 {
+		per = keys/shardCount + keys/shardCount/8 + 1 // hashing is uneven
+	}
 	for i := range s.shards {
 		if s.packed {
-			s.shards[i].p = make(map[string]*byte)
+			s.shards[i].p = make(map[string]*byte, per)
 		} else {
-			s.shards[i].m = make(map[string]V)
+			s.shards[i].m = make(map[string]V, per)
 		}
 	}
 	return s
@@ -91,7 +105,7 @@ func (s *store[V]) set(key string, v V) {
 		return
 	}
 	sh := s.shard(key)
-	if put(&sh.mu, sh.m, key, v) {
+	if put(s.private, &sh.mu, sh.m, key, v) {
 		s.n.Add(1)
 	}
 }
@@ -114,13 +128,19 @@ func (s *store[V]) setPacked(key string, e *byte) {
 	// Assigning to a present string key replaces the key too, so the old
 	// entry is released whole.
 	sh := s.shard(key)
-	if put(&sh.mu, sh.p, key, e) {
+	if put(s.private, &sh.mu, sh.p, key, e) {
 		s.n.Add(1)
 	}
 }
 
-// put sets m[key] = e under mu and reports whether key is new.
-func put[E any](mu *sync.RWMutex, m map[string]E, key string, e E) bool {
+// put sets m[key] = e under mu (unless the store is private) and reports
+// whether key is new.
+func put[E any](private bool, mu *sync.RWMutex, m map[string]E, key string, e E) bool {
+	if private {
+		n := len(m)
+		m[key] = e
+		return len(m) != n
+	}
 	mu.Lock()
 	n := len(m)
 	m[key] = e

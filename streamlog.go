@@ -183,7 +183,7 @@ func (l *streamLog) recoverSegment(start uint64, last bool, replay func([]byte, 
 		return 0, 0, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(f)
+	data, err := readWhole(f)
 	if err != nil {
 		return 0, 0, fmt.Errorf("replmap: reading %s: %w", name, err)
 	}
@@ -226,6 +226,23 @@ func (l *streamLog) recoverSegment(start uint64, last bool, replay func([]byte, 
 		break
 	}
 	return start + uint64(pos-segmentHeaderSize), int64(pos), nil
+}
+
+// readWhole reads f from its start to its end into a buffer of its size.
+func readWhole(f file) ([]byte, error) {
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	data := make([]byte, size)
+	n, err := io.ReadFull(f, data)
+	if err == io.ErrUnexpectedEOF {
+		err = nil // shorter than its size said: read what is there
+	}
+	return data[:n], err
 }
 
 // validFrame reports whether b starts with a whole data frame whose
