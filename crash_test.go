@@ -45,10 +45,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -530,21 +532,31 @@ func checkCrashPrefix(t *testing.T, where string, cr *crashRound, w, required in
 			return k
 		}
 	}
-	// Say where it goes wrong: the first op whose key is off.
-	for k := 0; k <= cr.acked[w]+1; k++ {
+	// Say where it goes wrong: how the keys differ from what the ops
+	// that had to survive left.
+	state = map[string]string{}
+	for k := 0; k <= required; k++ {
 		key, value, del := crashOp(cr.round, w, k)
-		g, ok := got[key]
-		if del && ok || !del && (!ok || g != value) {
-			if !del && ok {
-				g = g[:min(len(g), 40)]
-			}
-			require.FailNow(t, "a writer's ops did not survive as a prefix",
-				"%s: writer %d of round %d (killed %s): ops 0..%d had to survive, %d returned; %d keys left; op %d (key %q, delete %v) is off: present %v, value %q",
-				where, w, cr.round, cr.killedBy, required, cr.acked[w], len(got), k, key, del, ok, g)
+		if del {
+			delete(state, key)
+		} else {
+			state[key] = value
 		}
 	}
-	require.FailNow(t, "a writer's keys hold what no prefix of its ops left", "%s: writer %d of round %d: ops 0..%d had to survive, %d returned; %d keys left",
-		where, w, cr.round, required, cr.acked[w], len(got))
+	var diffs []string
+	for _, k := range slices.Sorted(maps.Keys(got)) {
+		if v, ok := state[k]; !ok || v != got[k] {
+			diffs = append(diffs, fmt.Sprintf("%s = %.30q, want %.30q (present %v)", k, got[k], v, ok))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(state)) {
+		if _, ok := got[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s missing", k))
+		}
+	}
+	require.FailNow(t, "a writer's keys are not what a prefix of its ops that holds every op that had to survive left",
+		"%s: writer %d of round %d (killed %s): ops 0..%d had to survive, %d returned; %d keys left; against ops 0..%d: %d differences, the first %q",
+		where, w, cr.round, cr.killedBy, required, cr.acked[w], len(got), required, len(diffs), diffs[:min(len(diffs), 5)])
 	return 0
 }
 
