@@ -168,8 +168,11 @@ func (p *Primary[V]) Close() error {
 	return p.n.closeIfOwner(p)
 }
 
-// Sync makes every write made so far durable in the data directory
-// (flushed and fsynced), whatever the [WithFsync] policy. It returns nil
+// Sync makes every write whose Set or Delete returned before the call
+// durable in the data directory (flushed and fsynced), whatever the
+// [WithFsync] policy. (A write still under way may be covered or not:
+// Offset can already count it, so read Info().DurableOffset after Sync,
+// not Offset before it, to learn the offset on disk.) It returns nil
 // at once without a data directory, ErrClosed after Close, and the
 // directory's failure if a write or fsync to it has failed: then writes
 // have stopped (see [WithDataDir]).
