@@ -20,6 +20,20 @@ func withFS(fsys fileSystem) Option {
 	return optionFunc(func(c *config) { c.fsys = fsys })
 }
 
+// gatedPrimary returns a Primary on a fresh directory under policy whose
+// fsyncs, from now on, each wait for a receive from gate (close it to let
+// them all through).
+func gatedPrimary(t *testing.T, policy FsyncPolicy) (*Primary[int], *faultFS, chan struct{}) {
+	fsys := &faultFS{}
+	p, err := NewPrimary[int](WithDataDir(t.TempDir()), WithFsync(policy), withFS(fsys))
+	require.NoError(t, err)
+	gate := make(chan struct{})
+	fsys.mu.Lock()
+	fsys.syncGate = gate
+	fsys.mu.Unlock()
+	return p, fsys, gate
+}
+
 // TestWaitDurable: WaitDurable counts the replicas that hold the writes in
 // their data directories, asking them to fsync at once even under a
 // policy that would wait (here an interval of an hour); replicas without
@@ -71,14 +85,8 @@ func TestEverySecondBlocksWritesOnAStalledDisk(t *testing.T) {
 	for _, policy := range []FsyncPolicy{FsyncEverySecond, FsyncNever} {
 		t.Run(policy.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				fsys := &faultFS{}
-				p, err := NewPrimary[int](WithDataDir(t.TempDir()), WithFsync(policy), withFS(fsys))
-				require.NoError(t, err)
+				p, fsys, gate := gatedPrimary(t, policy)
 				defer p.Close()
-				gate := make(chan struct{})
-				fsys.mu.Lock()
-				fsys.syncGate = gate
-				fsys.mu.Unlock()
 
 				require.NoError(t, p.Set("a", 1)) // at t=0: the oldest write not on disk
 				time.Sleep(600 * time.Millisecond)
@@ -113,14 +121,8 @@ func TestEverySecondBlocksWritesOnAStalledDisk(t *testing.T) {
 // TestFsyncAlwaysGroupCommit: under FsyncAlways, writers that arrive
 // while an fsync is under way share the next one.
 func TestFsyncAlwaysGroupCommit(t *testing.T) {
-	fsys := &faultFS{}
-	p, err := NewPrimary[int](WithDataDir(t.TempDir()), WithFsync(FsyncAlways), withFS(fsys))
-	require.NoError(t, err)
+	p, fsys, gate := gatedPrimary(t, FsyncAlways)
 	defer p.Close()
-	gate := make(chan struct{})
-	fsys.mu.Lock()
-	fsys.syncGate = gate
-	fsys.mu.Unlock()
 
 	// The first writer's fsync is held at the gate; 15 more arrive and
 	// append meanwhile.
