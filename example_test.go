@@ -205,3 +205,35 @@ func ExampleWithDataDir() {
 	fmt.Println(v, info.Offset == offset, info.ReplID2 == id)
 	// Output: blue true true
 }
+
+// Waiting until a write is on disk on the primary and on one replica
+// (Redis's WAITAOF): both have a data directory.
+func ExamplePrimary_WaitDurable() {
+	pdir, _ := os.MkdirTemp("", "replmap-primary")
+	rdir, _ := os.MkdirTemp("", "replmap-replica")
+	defer os.RemoveAll(pdir)
+	defer os.RemoveAll(rdir)
+
+	network := transport.NewInmem()
+	p, err := replmap.NewPrimary[string](replmap.WithDataDir(pdir))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer p.Close()
+	l, _ := network.Listen("primary")
+	go p.Serve(l)
+	r, err := replmap.NewReplica[string](network, "primary", replmap.WithDataDir(rdir))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer r.Close()
+
+	_ = p.Set("config/mode", "blue")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n, err := p.WaitDurable(ctx, 1) // fsynced here and on 1 replica
+	fmt.Println(n, err, r.Info().DurableOffset >= p.Offset())
+	// Output: 1 <nil> true
+}

@@ -294,6 +294,9 @@ func (l *link[V]) send(ctx context.Context, w io.Writer) error {
 	if target, ok := n.waits.maxTarget(); ok {
 		l.requestAck(target)
 	}
+	if target, ok := n.durableWaits.maxTarget(); ok {
+		l.requestDurableAck(target)
+	}
 
 	ticker := time.NewTicker(n.cfg.heartbeat)
 	defer ticker.Stop()
