@@ -346,13 +346,16 @@ func (dd *dataDir) afterWrite(end uint64) error {
 	return s.failed()
 }
 
-// sync makes every write so far durable.
+// sync makes every write so far durable. It returns the directory's
+// failure even if the log itself is sound (a snapshot that could not be
+// written also stops writes).
 func (dd *dataDir) sync() error {
-	s := dd.stream.Load()
-	if s == nil {
-		return dd.failed()
+	if s := dd.stream.Load(); s != nil {
+		if err := s.sync(s.offset()); err != nil {
+			return err
+		}
 	}
-	return s.sync(s.offset())
+	return dd.failed()
 }
 
 // durable returns the offset up to which the stream is on disk.
