@@ -8,8 +8,8 @@
 // replicas acknowledged it; each replica reports what it holds. Stop a
 // replica for a moment to watch it resume with a partial resync. Stop the
 // primary and restart it: it comes back empty (it keeps nothing on disk),
-// and its replicas refuse to be wiped by it ("sync would lose data"), keep
-// serving their counter, and say why. Start a replica with
+// and its replicas, while they are ahead of it, refuse to be wiped by it
+// ("sync would lose data"), keep serving their counter, and say why. Start a replica with
 // -allow-data-loss to let it follow the empty primary anyway. Ctrl-C (or
 // SIGTERM) stops either cleanly.
 //
