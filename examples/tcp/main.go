@@ -8,10 +8,22 @@
 // replicas acknowledged it; each replica reports what it holds. Stop a
 // replica for a moment to watch it resume with a partial resync. Stop the
 // primary and restart it: it comes back empty (it keeps nothing on disk),
-// and its replicas refuse to be wiped by it ("sync would lose data"), keep
-// serving their counter, and say why. Start a replica with
+// and its replicas, while they are ahead of it, refuse to be wiped by it
+// ("sync would lose data"), keep serving their counter, and say why. Start a replica with
 // -allow-data-loss to let it follow the empty primary anyway. Ctrl-C (or
 // SIGTERM) stops either cleanly.
+//
+// With -data DIR a process keeps its data in DIR (see docs/datadir.md);
+// give each process its own directory:
+//
+//	go run ./examples/tcp -role primary -data /tmp/replmap/primary
+//	go run ./examples/tcp -role replica -data /tmp/replmap/replica
+//
+// Stop the primary and restart it with the same -data: it says how many
+// keys it loaded at which offset and counts on from there, and its
+// replicas resume with a partial resync, their counter intact. A replica
+// restarted with its -data serves what it held at once and resumes
+// partially too.
 package main
 
 import (
@@ -47,18 +59,22 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	primaryAddr := fs.String("primary", "127.0.0.1:7070", "address of the primary (replica role)")
 	interval := fs.Duration("interval", time.Second, "how often to write (primary) or report (replica)")
 	allowLoss := fs.Bool("allow-data-loss", false, "let the replica follow a primary that would wipe its data (replica role)")
+	dataDir := fs.String("data", "", "keep this process's data in `DIR` across restarts (one directory per process)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *interval <= 0 {
 		return fmt.Errorf("-interval must be positive, got %v", *interval)
 	}
+	var opts []replmap.Option
+	if *dataDir != "" {
+		opts = append(opts, replmap.WithDataDir(*dataDir))
+	}
 	tcp := transport.NewTCP()
 	switch *role {
 	case "primary":
-		return runPrimary(ctx, tcp, *listen, *interval, out)
+		return runPrimary(ctx, tcp, *listen, *interval, out, opts...)
 	case "replica":
-		var opts []replmap.Option
 		if *allowLoss {
 			opts = append(opts, replmap.WithAllowDataLoss())
 		}
@@ -68,12 +84,23 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 }
 
-func runPrimary(ctx context.Context, tcp *transport.TCP, addr string, every time.Duration, out io.Writer) error {
-	p, err := replmap.NewPrimary[string]()
+func runPrimary(ctx context.Context, tcp *transport.TCP, addr string, every time.Duration, out io.Writer, opts ...replmap.Option) error {
+	p, err := replmap.NewPrimary[string](opts...)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
+	// A primary restarted on its data directory continues the counter.
+	n := 1
+	if p.Offset() > 0 {
+		info := p.Info()
+		fmt.Fprintf(out, "primary: loaded %d keys at offset %d, continuing history %s\n", p.Len(), p.Offset(), short(info.ReplID2))
+		if c, ok := p.Get("counter"); ok {
+			if last, err := strconv.Atoi(c); err == nil {
+				n = last + 1
+			}
+		}
+	}
 	l, err := tcp.Listen(addr)
 	if err != nil {
 		return err
@@ -84,12 +111,16 @@ func runPrimary(ctx context.Context, tcp *transport.TCP, addr string, every time
 
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
-	for n := 1; ; n++ {
+	for ; ; n++ {
 		select {
 		case <-ctx.Done():
-			p.Close()
+			// With a data directory, Close makes every write durable.
+			cerr := p.Close()
 			if err := <-served; !errors.Is(err, replmap.ErrClosed) {
 				return err
+			}
+			if cerr != nil {
+				return cerr
 			}
 			fmt.Fprintln(out, "primary stopped")
 			return nil
@@ -121,17 +152,32 @@ func runReplica(ctx context.Context, tcp *transport.TCP, addr string, every time
 	}
 	defer r.Close()
 	fmt.Fprintf(out, "replica of %s\n", addr)
+	// A replica restarted on its data directory serves what it held at once.
+	if info := r.Info(); info.Offset > 0 {
+		fmt.Fprintf(out, "replica: loaded %d keys at offset %d\n", info.Keys, info.Offset)
+	}
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
+	var full, partial uint64
 	for {
 		select {
 		case <-ctx.Done():
-			r.Close()
+			// With a data directory, Close makes every write durable.
+			if err := r.Close(); err != nil {
+				return err
+			}
 			fmt.Fprintln(out, "replica stopped")
 			return nil
 		case <-ticker.C:
 		}
 		info := r.Info()
+		if info.PartialSyncs > partial {
+			fmt.Fprintf(out, "replica: resumed with a partial resync (%d so far), history %s\n", info.PartialSyncs, short(info.ReplID))
+		}
+		if info.FullSyncs > full {
+			fmt.Fprintf(out, "replica: full sync (%d so far), history %s\n", info.FullSyncs, short(info.ReplID))
+		}
+		full, partial = info.FullSyncs, info.PartialSyncs
 		counter, _ := r.Get("counter")
 		line := fmt.Sprintf("replica: state=%s offset=%d counter=%s full=%d partial=%d", info.State, info.Offset, counter, info.FullSyncs, info.PartialSyncs)
 		if info.LastError != nil && info.State != replmap.StateStreaming {
@@ -140,3 +186,6 @@ func runReplica(ctx context.Context, tcp *transport.TCP, addr string, every time
 		fmt.Fprintln(out, line)
 	}
 }
+
+// short returns the first eight characters of a replication ID.
+func short(id string) string { return id[:min(8, len(id))] }
