@@ -258,11 +258,16 @@ func (l *streamLog) recoverSegment(start uint64, last bool, replay func([]byte, 
 			l.log.Debug("a preallocated tail", "file", name, "at", pos, "bytes", len(data)-pos)
 			break
 		}
-		if !last || validFrameAfter(data[pos+1:], l.maxFrame) {
+		next := nextValidFrame(data, pos+1, l.maxFrame)
+		if !last || next < len(data) && !lostSector(data[:next], pos) {
 			return 0, 0, 0, damaged(pos, "bad frame")
 		}
-		// Nothing valid follows: a write cut short by a crash.
-		l.log.Warn("dropped a torn tail", "file", name, "at", pos, "bytes", len(data)-pos)
+		// Nothing valid follows: a write cut short by a crash. Or what
+		// follows was written with it, by the same fsync, which the
+		// crash cut short before a sector of it reached the disk: over
+		// a preallocated segment's zeros, sectors of an fsync reach it
+		// in any order.
+		l.log.Warn("dropped a torn tail", "file", name, "at", pos, "bytes", len(data)-pos, "lost_sector", next < len(data))
 		if err := f.Truncate(int64(pos)); err != nil {
 			return 0, 0, 0, err
 		}
@@ -359,11 +364,33 @@ func validFrame(b []byte, maxFrame int) (int, bool) {
 	return n + 4 + frameCRCSize, true
 }
 
-// validFrameAfter reports whether a valid frame starts anywhere in b: if
-// so, a bad frame before it is damage, not a torn tail.
-func validFrameAfter(b []byte, maxFrame int) bool {
-	for i := range b {
+// nextValidFrame returns where the first valid frame at or after from
+// starts in b, or len(b): if there is one, a bad frame before it is
+// damage, not a torn tail, unless a sector was lost (lostSector).
+func nextValidFrame(b []byte, from int, maxFrame int) int {
+	for i := from; i < len(b); i++ {
 		if _, ok := validFrame(b[i:], maxFrame); ok {
+			return i
+		}
+	}
+	return len(b)
+}
+
+// sectorSize is the unit a disk writes whole, at the least.
+const sectorSize = 512
+
+// lostSector reports whether b, a segment whose frame at pos is bad, holds
+// zeros from pos to the end of its sector, or in a whole sector after
+// pos: what a crash leaves when the sectors an fsync was writing over
+// zeros reached the disk in part. A frame never starts with zeros (its
+// length, then its type), and a flipped bit does not zero a sector.
+func lostSector(b []byte, pos int) bool {
+	end := min(max((pos/sectorSize+1)*sectorSize, pos+frameHeaderSize), len(b))
+	if allZero(b[pos:end]) {
+		return true
+	}
+	for s := end; s+sectorSize <= len(b); s += sectorSize {
+		if allZero(b[s : s+sectorSize]) {
 			return true
 		}
 	}
