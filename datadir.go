@@ -43,6 +43,7 @@ type dataDir struct {
 	policy        FsyncPolicy
 	interval      time.Duration
 	segmentSize   int64
+	spareInline   bool
 	snapshotMin   int64
 	backlogSize   uint64
 	maxFrame      int
@@ -62,6 +63,10 @@ type dataDir struct {
 	snapshots  atomic.Uint64 // snapshots written, for tests
 	unlock     func() error  // releases the directory's lock
 }
+
+// preallocSegmentSize bounds the size of segments under FsyncAlways,
+// which are preallocated (see streamLog).
+const preallocSegmentSize = 16 << 20
 
 // lockFileName is the file a node holds a lock on while it uses the
 // directory.
@@ -119,6 +124,12 @@ func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedDa
 		log:           log.With("dir", cfg.dataDir),
 		allowDataLoss: cfg.allowDataLoss,
 		kick:          make(chan struct{}, 1),
+		spareInline:   cfg.spareInline,
+	}
+	if dd.policy == FsyncAlways {
+		// Preallocated segments: smaller ones are quicker to fill with
+		// zeros, and a restart's first one is rotated sooner.
+		dd.segmentSize = min(dd.segmentSize, preallocSegmentSize)
 	}
 	wrap := func(err error) error { return fmt.Errorf("replmap: data directory %s: %w", cfg.dataDir, err) }
 	if err := dd.fsys.MkdirAll(dd.root); err != nil {
@@ -188,7 +199,7 @@ func (dd *dataDir) checkUncommitted() error {
 				continue
 			}
 			segments++
-			size, err := fileSize(dd.fsys, filepath.Join(dir, f))
+			size, err := dataSize(dd.fsys, filepath.Join(dir, f))
 			if err != nil {
 				return err
 			}
@@ -325,6 +336,7 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 			dd.log.Warn("could not remove a stale file", "file", name, "err", err)
 		}
 	}
+	dd.startPrealloc(sl)
 	dd.stream.Store(sl)
 	dd.snapAt, dd.snapSize = snap, size
 	dd.log.Info("loaded", "snapshot", snap, "offset", sl.end, "keys", st.len(), "log_from", first)
@@ -333,7 +345,7 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 
 // segmentBounds returns where the oldest and newest segments in dir
 // start, and where the log ends by the files' sizes (before a torn tail,
-// if any, is cut off).
+// if any, is cut off; without a preallocated tail of zeros).
 func segmentBounds(fsys fileSystem, dir string) (first, last, end uint64, err error) {
 	names, err := fsys.ReadDir(dir)
 	if err != nil {
@@ -351,7 +363,7 @@ func segmentBounds(fsys fileSystem, dir string) (first, last, end uint64, err er
 	if !found {
 		return 0, 0, 0, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
 	}
-	size, err := fileSize(fsys, filepath.Join(dir, segmentName(last)))
+	size, err := dataSize(fsys, filepath.Join(dir, segmentName(last)))
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -365,6 +377,16 @@ func fileSize(fsys fileSystem, name string) (int64, error) {
 	}
 	defer f.Close()
 	return f.Seek(0, 2)
+}
+
+// startPrealloc has sl preallocate its segments if the policy is
+// FsyncAlways: there, an fsync that does not extend a file is quicker,
+// and every write waits for one. The other policies write too much for
+// the zeros to be worth writing first.
+func (dd *dataDir) startPrealloc(sl *streamLog) {
+	if dd.policy == FsyncAlways {
+		sl.startPrealloc(dd.spareInline)
+	}
 }
 
 // failed returns why the directory stopped taking writes, or nil.
@@ -552,6 +574,7 @@ func (dd *dataDir) commitGen(sf *snapshotFile, gen, end uint64, h history) error
 		sl.close()
 		return err
 	}
+	dd.startPrealloc(sl)
 	old := dd.stream.Swap(sl)
 	oldGen := dd.rec.gen
 	dd.rec, dd.snapAt, dd.snapSize = rec, end, sf.size

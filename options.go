@@ -102,6 +102,7 @@ type config struct {
 	fsyncInterval time.Duration // FsyncEverySecond's bound on unsynced writes
 	segmentSize   int64         // log segment rotation size
 	snapshotMin   int64         // log bytes after a snapshot before the next one
+	spareInline   bool          // prepare FsyncAlways's spare segments inline, not in the background (deterministic, for fault tests)
 }
 
 func newConfig(opts []Option) (config, error) {

@@ -36,7 +36,7 @@ type store[V any] struct {
 	// before the store is published, by an atomic store or under a lock,
 	// which orders those writes before any reader's.
 	private bool
-	shards [shardCount]shard[V]
+	shards  [shardCount]shard[V]
 }
 
 type shard[V any] struct {

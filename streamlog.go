@@ -39,6 +39,14 @@ import (
 // the middle of a write leaves) is dropped; any other damage is an error
 // wrapping ErrChecksum that names the file and the offset in it.
 //
+// Under FsyncAlways segments are preallocated (startPrealloc): a segment
+// is made as a spare file of zeros, fsynced, before it is needed, and
+// frames are written over its zeros, so that the fsync of every write
+// does not also extend the file (on ext4, 150 µs instead of 270 µs for
+// a few KB). The last segment may then end with zeros after its frames:
+// a preallocated tail, not damage. A segment is cut to its frames when it
+// is rotated, so every other one still holds exactly its frames.
+//
 // The data directory (datadir.go) keeps one stream log per generation.
 type streamLog struct {
 	fsys       fileSystem
@@ -53,6 +61,7 @@ type streamLog struct {
 	segSize  int64 // bytes in the current segment, header included
 	end      uint64
 	segments []uint64              // start offsets, oldest first; the last is being written
+	allocEnd int64                 // the current segment's size on disk: frames below it are written over zeros
 	err      error                 // the first write or fsync failure, or the close: nothing is accepted after it
 	failure  atomic.Pointer[error] // the failure (not the close), read without mu
 
@@ -71,12 +80,28 @@ type streamLog struct {
 	pendingSince  atomic.Int64
 	inflightSince atomic.Int64
 	now           func() time.Time
+
+	spare *spareSegment // nil unless segments are preallocated
+}
+
+// spareSegment is the next segment of a preallocated log, made ahead of
+// time (see startPrealloc).
+type spareSegment struct {
+	inline bool          // made by the rotation that needs the next one, not in the background
+	ready  atomic.Bool   // spareName holds a whole, fsynced segment's worth of zeros
+	want   chan struct{} // asks the background goroutine for a spare
+	stop   chan struct{} // closed by close
+	done   chan struct{} // closed when the goroutine has ended
 }
 
 const (
 	segmentHeaderSize = 20
 	segmentPrefix     = "log-"
 	segmentSuffix     = ".seg"
+	// spareName is the next segment of a preallocated log while it is
+	// being made. Being a temporary file, it is removed when a data
+	// directory is opened.
+	spareName = segmentPrefix + "spare" + tempSuffix
 )
 
 var segmentMagic = []byte("RMLOG01\n")
@@ -132,7 +157,7 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 			return nil, fmt.Errorf("%w: %s ends at offset %d, but the next segment, %s, starts at %d",
 				ErrChecksum, filepath.Join(dir, segmentName(l.segments[i-1])), l.end, filepath.Join(dir, segmentName(s)), s)
 		}
-		end, size, err := l.recoverSegment(s, last, replay)
+		end, size, alloc, err := l.recoverSegment(s, last, replay)
 		if err != nil {
 			return nil, err
 		}
@@ -145,7 +170,7 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 			l.end = s
 			break
 		}
-		l.end, l.segSize = end, size
+		l.end, l.segSize, l.allocEnd = end, size, alloc
 	}
 	if len(l.segments) == 0 {
 		if err := l.createSegment(l.end); err != nil {
@@ -174,58 +199,133 @@ func openStreamLog(fsys fileSystem, dir string, start uint64, maxSegment int64, 
 }
 
 // recoverSegment checks the segment that starts at start, frame by frame,
-// and returns the offset it ends at and its valid size in bytes. In the
-// last segment a torn tail is cut off; anywhere else, damage is an error.
-func (l *streamLog) recoverSegment(start uint64, last bool, replay func([]byte, string) error) (end uint64, size int64, err error) {
+// and returns the offset it ends at, its valid size in bytes, and its size
+// on disk. In the last segment a torn tail is cut off, and a preallocated
+// tail (zeros after the last frame) is kept; anywhere else, damage is an
+// error.
+func (l *streamLog) recoverSegment(start uint64, last bool, replay func([]byte, string) error) (end uint64, size, alloc int64, err error) {
 	name := filepath.Join(l.dir, segmentName(start))
 	f, err := l.fsys.OpenFile(name, os.O_RDWR, 0)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer f.Close()
 	data, err := readWhole(f)
 	if err != nil {
-		return 0, 0, fmt.Errorf("replmap: reading %s: %w", name, err)
+		return 0, 0, 0, fmt.Errorf("replmap: reading %s: %w", name, err)
 	}
 	damaged := func(at int, why string) error {
 		return fmt.Errorf("%w: %s at byte %d: %s", ErrChecksum, name, at, why)
 	}
-	if len(data) < segmentHeaderSize {
-		if !last {
-			return 0, 0, damaged(0, "truncated header")
+	header := segmentHeader(start)
+	if len(data) < segmentHeaderSize || !bytes.Equal(data[:segmentHeaderSize], header) {
+		// Cut short, or a preallocated segment whose header was not
+		// all written (a prefix of it, then only zeros): created, but
+		// never written to.
+		torn := last && len(data) < segmentHeaderSize
+		if last && len(data) >= segmentHeaderSize {
+			i := 0
+			for i < segmentHeaderSize && data[i] == header[i] {
+				i++
+			}
+			torn = allZero(data[i:])
+		}
+		if !torn {
+			if len(data) < segmentHeaderSize {
+				return 0, 0, 0, damaged(0, "truncated header")
+			}
+			return 0, 0, 0, damaged(0, "bad header")
 		}
 		l.log.Warn("dropped a segment whose header was torn", "file", name, "bytes", len(data))
-		return start, int64(len(data)), nil
-	}
-	if !bytes.Equal(data[:segmentHeaderSize], segmentHeader(start)) {
-		return 0, 0, damaged(0, "bad header")
+		return start, 0, 0, nil
 	}
 	pos := segmentHeaderSize
+	alloc = int64(len(data))
 	for pos < len(data) {
 		n, ok := validFrame(data[pos:], l.maxFrame)
 		if ok {
 			if replay != nil {
 				if err := replay(data[pos:pos+n], name); err != nil {
-					return 0, 0, err
+					return 0, 0, 0, err
 				}
 			}
 			pos += n
 			continue
 		}
-		if !last || validFrameAfter(data[pos+1:], l.maxFrame) {
-			return 0, 0, damaged(pos, "bad frame")
+		if last && allZero(data[pos:]) {
+			// Zeros the next frames were to be written over: nothing
+			// was lost, and appends go on over them.
+			l.log.Debug("a preallocated tail", "file", name, "at", pos, "bytes", len(data)-pos)
+			break
 		}
-		// Nothing valid follows: a write cut short by a crash.
-		l.log.Warn("dropped a torn tail", "file", name, "at", pos, "bytes", len(data)-pos)
+		next := nextValidFrame(data, pos+1, l.maxFrame)
+		if !last || next < len(data) && !lostSector(data[:next], pos) {
+			return 0, 0, 0, damaged(pos, "bad frame")
+		}
+		// Nothing valid follows: a write cut short by a crash. Or what
+		// follows was written with it, by the same fsync, which the
+		// crash cut short before a sector of it reached the disk: over
+		// a preallocated segment's zeros, sectors of an fsync reach it
+		// in any order.
+		l.log.Warn("dropped a torn tail", "file", name, "at", pos, "bytes", len(data)-pos, "lost_sector", next < len(data))
 		if err := f.Truncate(int64(pos)); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		if err := f.Sync(); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
+		alloc = int64(pos)
 		break
 	}
-	return start + uint64(pos-segmentHeaderSize), int64(pos), nil
+	return start + uint64(pos-segmentHeaderSize), int64(pos), alloc, nil
+}
+
+// allZero reports whether b holds only zeros.
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.NativeEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// dataSize returns the size of the file name without its trailing zeros:
+// where a preallocated segment's frames end (give or take a few zero
+// bytes of its last frame's checksum).
+func dataSize(fsys fileSystem, name string) (int64, error) {
+	f, err := fsys.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, err
+	}
+	buf := make([]byte, min(end, 64<<10))
+	for end > 0 {
+		n := min(end, int64(len(buf)))
+		if _, err := f.Seek(end-n, io.SeekStart); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(f, buf[:n]); err != nil {
+			return 0, err
+		}
+		for i := n - 1; i >= 0; i-- {
+			if buf[i] != 0 {
+				return end - n + i + 1, nil
+			}
+		}
+		end -= n
+	}
+	return 0, nil
 }
 
 // readWhole reads f from its start to its end into a buffer of its size.
@@ -264,11 +364,33 @@ func validFrame(b []byte, maxFrame int) (int, bool) {
 	return n + 4 + frameCRCSize, true
 }
 
-// validFrameAfter reports whether a valid frame starts anywhere in b: if
-// so, a bad frame before it is damage, not a torn tail.
-func validFrameAfter(b []byte, maxFrame int) bool {
-	for i := range b {
+// nextValidFrame returns where the first valid frame at or after from
+// starts in b, or len(b): if there is one, a bad frame before it is
+// damage, not a torn tail, unless a sector was lost (lostSector).
+func nextValidFrame(b []byte, from int, maxFrame int) int {
+	for i := from; i < len(b); i++ {
 		if _, ok := validFrame(b[i:], maxFrame); ok {
+			return i
+		}
+	}
+	return len(b)
+}
+
+// sectorSize is the unit a disk writes whole, at the least.
+const sectorSize = 512
+
+// lostSector reports whether b, a segment whose frame at pos is bad, holds
+// zeros from pos to the end of its sector, or in a whole sector after
+// pos: what a crash leaves when the sectors an fsync was writing over
+// zeros reached the disk in part. A frame never starts with zeros (its
+// length, then its type), and a flipped bit does not zero a sector.
+func lostSector(b []byte, pos int) bool {
+	end := min(max((pos/sectorSize+1)*sectorSize, pos+frameHeaderSize), len(b))
+	if allZero(b[pos:end]) {
+		return true
+	}
+	for s := end; s+sectorSize <= len(b); s += sectorSize {
+		if allZero(b[s : s+sectorSize]) {
 			return true
 		}
 	}
@@ -276,11 +398,31 @@ func validFrameAfter(b []byte, maxFrame int) bool {
 }
 
 // createSegment starts a new segment at start and makes it the one
-// written to. The caller holds mu (or has l to itself).
+// written to: the spare, if one is ready, else a new file. The caller
+// holds mu (or has l to itself).
 func (l *streamLog) createSegment(start uint64) error {
 	name := filepath.Join(l.dir, segmentName(start))
-	f, err := l.fsys.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
+	var f file
+	var alloc int64
+	var err error
+	if l.spare != nil && l.spare.ready.Load() {
+		l.spare.ready.Store(false)
+		if err := l.fsys.Rename(filepath.Join(l.dir, spareName), name); err != nil {
+			return err
+		}
+		// Opened without O_APPEND: frames are written over the zeros.
+		if f, err = l.fsys.OpenFile(name, os.O_RDWR, 0); err != nil {
+			return err
+		}
+		alloc, err = f.Seek(0, io.SeekEnd)
+		if err == nil {
+			_, err = f.Seek(0, io.SeekStart)
+		}
+		if err != nil {
+			f.Close()
+			return err
+		}
+	} else if f, err = l.fsys.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
 		return err
 	}
 	if _, err := f.Write(segmentHeader(start)); err != nil {
@@ -296,8 +438,114 @@ func (l *streamLog) createSegment(start uint64) error {
 		return err
 	}
 	l.f, l.w, l.segSize = f, bufio.NewWriterSize(f, 64<<10), segmentHeaderSize
+	l.allocEnd = max(alloc, segmentHeaderSize)
 	l.segments = append(l.segments, start)
+	l.askSpare()
 	return nil
+}
+
+// startPrealloc makes the log preallocate its segments from now on (see
+// the type's doc): the next segment is made ahead, as a spare, by a
+// goroutine that close ends, or inline, by the rotation before it. The
+// segment being written, unless it is already preallocated, is rotated
+// as soon as the first spare is ready.
+func (l *streamLog) startPrealloc(inline bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil || l.spare != nil {
+		return
+	}
+	sp := &spareSegment{inline: inline}
+	l.spare = sp
+	if !inline {
+		sp.want, sp.stop, sp.done = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+		go l.makeSpares(sp)
+	}
+	l.askSpare()
+}
+
+// askSpare has the next spare made, if there is none. The caller holds
+// mu.
+func (l *streamLog) askSpare() {
+	sp := l.spare
+	switch {
+	case sp == nil || sp.ready.Load():
+	case sp.inline:
+		sp.ready.Store(l.makeSpare(nil))
+	default:
+		select {
+		case sp.want <- struct{}{}:
+		default: // asked already
+		}
+	}
+}
+
+// makeSpares makes a spare whenever asked, until stopped.
+func (l *streamLog) makeSpares(sp *spareSegment) {
+	defer close(sp.done)
+	for {
+		select {
+		case <-sp.stop:
+			return
+		case <-sp.want:
+		}
+		// Only createSegment, under mu, takes a ready spare, and only
+		// this goroutine makes one.
+		if !sp.ready.Load() && l.makeSpare(sp.stop) {
+			sp.ready.Store(true)
+		}
+	}
+}
+
+// makeSpare writes the spare: a segment's worth of zeros, fsynced. It
+// reports whether it did; a failure is logged and not retried until the
+// next rotation: the log then appends to a file that grows, as without
+// preallocation. It gives up when stop is closed.
+func (l *streamLog) makeSpare(stop <-chan struct{}) bool {
+	name := filepath.Join(l.dir, spareName)
+	f, err := l.fsys.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err == nil {
+		zeros := make([]byte, min(l.maxSegment, 1<<20))
+		for n := int64(0); n < l.maxSegment && err == nil; n += int64(len(zeros)) {
+			select {
+			case <-stop:
+				err = errors.New("stream log closed")
+			default:
+				_, err = f.Write(zeros[:min(int64(len(zeros)), l.maxSegment-n)])
+			}
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		select {
+		case <-stop:
+		default:
+			l.log.Warn("could not preallocate a log segment", "file", name, "err", err)
+		}
+		_ = l.fsys.Remove(name)
+		return false
+	}
+	return true
+}
+
+// stopPrealloc ends the goroutine making spares and removes the spare.
+// The caller holds mu.
+func (l *streamLog) stopPrealloc() {
+	sp := l.spare
+	if sp == nil {
+		return
+	}
+	if !sp.inline {
+		close(sp.stop)
+		<-sp.done
+	}
+	l.spare = nil
+	_ = l.fsys.Remove(filepath.Join(l.dir, spareName))
 }
 
 // append adds a frame, given in parts, at the end of the stream. Its bytes
@@ -325,7 +573,8 @@ func (l *streamLog) appendEnd(parts ...[]byte) (uint64, error) {
 		l.end += uint64(len(p))
 		l.segSize += int64(len(p))
 	}
-	if l.segSize >= l.maxSegment {
+	if l.segSize >= l.maxSegment || l.spare != nil && l.segSize >= l.allocEnd && l.spare.ready.Load() {
+		// Full, or growing its file while a preallocated one waits.
 		if err := l.rotate(); err != nil {
 			return 0, l.fail(err)
 		}
@@ -338,6 +587,12 @@ func (l *streamLog) appendEnd(parts ...[]byte) (uint64, error) {
 func (l *streamLog) rotate() error {
 	if err := l.w.Flush(); err != nil {
 		return err
+	}
+	if l.allocEnd > l.segSize {
+		// Only the last segment may end with zeros: cut them off.
+		if err := l.f.Truncate(l.segSize); err != nil {
+			return err
+		}
 	}
 	if err := l.f.Sync(); err != nil {
 		return err
@@ -492,6 +747,7 @@ func (l *streamLog) close() error {
 	err := l.sync(l.offset())
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.stopPrealloc()
 	if l.f != nil {
 		if cerr := l.f.Close(); err == nil {
 			err = cerr

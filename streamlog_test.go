@@ -295,3 +295,221 @@ func TestStreamLogGroupCommit(t *testing.T) {
 	assert.Equal(t, logEnd(frames), l.durable.Load())
 	assert.Equal(t, int64(2), fs.syncs.Load()-before, "nine syncs, two fsyncs")
 }
+
+// openPreallocLog opens a log in dir that preallocates segments of
+// maxSegment bytes, inline so that every rotation finds its spare ready.
+func openPreallocLog(t *testing.T, dir string, maxSegment int64, logs *countingHandler) *streamLog {
+	t.Helper()
+	l, err := openStreamLog(osFS{}, dir, 100, maxSegment, DefaultMaxFrameSize, slog.New(logs), nil)
+	require.NoError(t, err)
+	l.startPrealloc(true)
+	return l
+}
+
+// segmentFiles returns the contents of the log's segments, oldest first.
+func segmentFiles(t *testing.T, dir string) [][]byte {
+	names, err := osFS{}.ReadDir(dir)
+	require.NoError(t, err)
+	var files [][]byte
+	for _, n := range names {
+		if _, ok := parseSegmentName(n); ok {
+			b, err := os.ReadFile(filepath.Join(dir, n))
+			require.NoError(t, err)
+			files = append(files, b)
+		}
+	}
+	return files
+}
+
+// framesEnd returns where the frames after the header of segment b end.
+func framesEnd(b []byte) int {
+	pos := segmentHeaderSize
+	for {
+		n, ok := validFrame(b[pos:], DefaultMaxFrameSize)
+		if !ok {
+			return pos
+		}
+		pos += n
+	}
+}
+
+// TestStreamLogPrealloc: a preallocating log writes its frames over the
+// zeros of segments made ahead; rotation leaves every segment but the last
+// exactly its frames; the last one's zero tail reopens silently, with
+// appends going on over it, and a frame cut short before the zeros is a
+// torn tail, dropped.
+func TestStreamLogPrealloc(t *testing.T) {
+	const segment = 1 << 10
+	frames := testFrames(t, 400)
+	dir := t.TempDir()
+	logs := &countingHandler{}
+	l := openPreallocLog(t, dir, segment, logs)
+	for _, f := range frames[:300] {
+		require.NoError(t, l.append(f))
+	}
+	require.NoError(t, l.close())
+	_, err := os.Stat(filepath.Join(dir, spareName))
+	require.ErrorIs(t, err, os.ErrNotExist, "close removes the spare")
+
+	files := segmentFiles(t, dir)
+	require.Greater(t, len(files), 3)
+	assert.Equal(t, segmentHeaderSize+len(frames[0]), len(files[0]), "the segment made at open is rotated once a spare is ready")
+	var all []byte
+	for i, b := range files {
+		end := framesEnd(b)
+		all = append(all, b[segmentHeaderSize:end]...)
+		if i < len(files)-1 {
+			assert.Equal(t, len(b), end, "segment %d is exactly its frames", i)
+			continue
+		}
+		assert.Equal(t, segment, len(b), "the last segment is preallocated")
+		assert.Less(t, end, len(b))
+		assert.True(t, allZero(b[end:]), "zeros after its frames")
+	}
+	var want []byte
+	for _, f := range frames[:300] {
+		want = append(want, f...)
+	}
+	assert.Equal(t, want, all)
+
+	// The restart's backlog is placed by where the frames end, not by
+	// the file's size.
+	_, _, end, err := segmentBounds(osFS{}, dir)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, end, logEnd(frames[:300]))
+	assert.Greater(t, end+frameCRCSize, logEnd(frames[:300]))
+
+	// Reopened: the zero tail is no torn tail, and appends go on over it.
+	l = openPreallocLog(t, dir, segment, logs)
+	assert.Equal(t, logEnd(frames[:300]), l.offset())
+	assert.Zero(t, logs.count("dropped a torn tail"))
+	assert.Equal(t, int64(1), logs.count("a preallocated tail"))
+	last := lastSegment(t, dir)
+	require.NoError(t, l.append(frames[300]))
+	require.NoError(t, l.sync(l.offset()))
+	st, err := os.Stat(last)
+	require.NoError(t, err)
+	assert.Equal(t, int64(segment), st.Size(), "written over the zeros")
+	require.NoError(t, l.close())
+
+	// A frame cut short before the zeros is a torn tail.
+	b, err := os.ReadFile(last)
+	require.NoError(t, err)
+	at := framesEnd(b)
+	copy(b[at:], frames[301][:len(frames[301])-2])
+	require.NoError(t, os.WriteFile(last, b, 0o644))
+	l = openPreallocLog(t, dir, segment, logs)
+	assert.Equal(t, logEnd(frames[:301]), l.offset())
+	assert.Equal(t, int64(1), logs.count("dropped a torn tail"))
+	for _, f := range frames[301:] {
+		require.NoError(t, l.append(f))
+	}
+	require.NoError(t, l.close())
+	l = openPreallocLog(t, dir, segment, logs)
+	assert.Equal(t, logEnd(frames), l.offset())
+	require.NoError(t, l.close())
+	for i, b := range segmentFiles(t, dir) {
+		if i < len(files)-1 {
+			assert.Equal(t, len(b), framesEnd(b), "segment %d is exactly its frames", i)
+		}
+	}
+}
+
+// TestStreamLogPreallocTorn: a preallocated last segment whose header was
+// not all written (a crash between the spare's rename and the header's
+// fsync) is dropped; zeros after the frames of an earlier segment are
+// damage (rotation cuts them off).
+func TestStreamLogPreallocTorn(t *testing.T) {
+	frames := testFrames(t, 200)
+	for name, header := range map[string]int{"no header": 0, "half a header": segmentHeaderSize / 2} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeTestLog(t, dir, frames, 2<<10)
+			end := logEnd(frames)
+			b := make([]byte, 2<<10)
+			copy(b, segmentHeader(end)[:header])
+			require.NoError(t, os.WriteFile(filepath.Join(dir, segmentName(end)), b, 0o644))
+			logs := &countingHandler{}
+			l := openPreallocLog(t, dir, 2<<10, logs)
+			assert.Equal(t, end, l.offset())
+			assert.Equal(t, int64(1), logs.count("dropped a segment whose header was torn"))
+			require.NoError(t, l.append(frames[0]))
+			require.NoError(t, l.close())
+		})
+	}
+	t.Run("lost sector", func(t *testing.T) {
+		// A crash in an fsync over zeros: a sector of it did not reach
+		// the disk, later ones did. The frames from the one it cuts on
+		// were not acknowledged: dropped.
+		dir := t.TempDir()
+		writeTestLog(t, dir, frames, 1<<20)
+		seg := lastSegment(t, dir)
+		b, err := os.ReadFile(seg)
+		require.NoError(t, err)
+		require.Greater(t, len(b), 4*sectorSize)
+		clear(b[2*sectorSize : 3*sectorSize])
+		require.NoError(t, os.WriteFile(seg, b, 0o644))
+		want, pos := uint64(100), segmentHeaderSize
+		for _, f := range frames {
+			if pos+len(f) > 2*sectorSize {
+				break
+			}
+			want, pos = want+uint64(len(f)), pos+len(f)
+		}
+		logs := &countingHandler{}
+		l := openPreallocLog(t, dir, 1<<20, logs)
+		assert.Equal(t, want, l.offset())
+		assert.Equal(t, int64(1), logs.count("dropped a torn tail"))
+		require.NoError(t, l.close())
+	})
+	t.Run("bad header", func(t *testing.T) {
+		dir := t.TempDir()
+		writeTestLog(t, dir, frames, 2<<10)
+		end := logEnd(frames)
+		b := make([]byte, 2<<10)
+		copy(b, segmentHeader(end))
+		b[3] ^= 1
+		require.NoError(t, os.WriteFile(filepath.Join(dir, segmentName(end)), b, 0o644))
+		_, err := openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler), nil)
+		require.ErrorIs(t, err, ErrChecksum)
+	})
+	t.Run("zeros after an earlier segment", func(t *testing.T) {
+		dir := t.TempDir()
+		writeTestLog(t, dir, frames, 2<<10)
+		names, err := osFS{}.ReadDir(dir)
+		require.NoError(t, err)
+		f, err := os.OpenFile(filepath.Join(dir, names[0]), os.O_WRONLY|os.O_APPEND, 0)
+		require.NoError(t, err)
+		_, err = f.Write(make([]byte, 100))
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+		_, err = openStreamLog(osFS{}, dir, 100, 2<<10, DefaultMaxFrameSize, slog.New(slog.DiscardHandler), nil)
+		require.ErrorIs(t, err, ErrChecksum)
+		assert.Contains(t, err.Error(), names[0])
+	})
+}
+
+// TestStreamLogPreallocBackground: spares made by the background goroutine
+// are taken by rotations, and close ends it (goleak checks) even while it
+// is making one.
+func TestStreamLogPreallocBackground(t *testing.T) {
+	frames := testFrames(t, 50)
+	dir := t.TempDir()
+	l := openTestLog(t, osFS{}, dir, 64<<10)
+	l.startPrealloc(false)
+	waitFor(t, "a spare", l.spare.ready.Load)
+	require.NoError(t, l.append(frames[0]))
+	require.NoError(t, l.sync(l.offset()))
+	l.mu.Lock()
+	alloc := l.allocEnd
+	l.mu.Unlock()
+	assert.Equal(t, int64(64<<10), alloc, "rotated to the spare")
+	for _, f := range frames[1:] {
+		require.NoError(t, l.append(f))
+	}
+	require.NoError(t, l.close())
+	l = openTestLog(t, osFS{}, dir, 64<<10)
+	assert.Equal(t, logEnd(frames), l.offset())
+	l.startPrealloc(false)
+	require.NoError(t, l.close()) // likely while the spare is being made
+}
