@@ -22,6 +22,7 @@ type faultFS struct {
 	failWrite func(name string) error // called before each write
 	failSync  func(name string) error // called before each fsync
 	syncGate  chan struct{}           // if set, each fsync receives from it first
+	gateOnly  func(name string) bool  // if set, only the fsyncs of the files it accepts meet the gate
 	syncs     atomic.Int64
 	gated     atomic.Int64 // fsyncs that have reached the gate
 }
@@ -38,6 +39,13 @@ func (fs *faultFS) hooks() (func(string) error, func(string) error, chan struct{
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	return fs.failWrite, fs.failSync, fs.syncGate
+}
+
+// gates reports whether an fsync of name meets the gate.
+func (fs *faultFS) gates(name string) bool {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.gateOnly == nil || fs.gateOnly(name)
 }
 
 type faultFile struct {
@@ -57,7 +65,7 @@ func (f *faultFile) Write(p []byte) (int, error) {
 
 func (f *faultFile) Sync() error {
 	_, fail, gate := f.fs.hooks()
-	if gate != nil {
+	if gate != nil && f.fs.gates(f.name) {
 		f.fs.gated.Add(1)
 		<-gate
 	}
