@@ -118,6 +118,20 @@ func RestorePrimary[V any](r io.Reader, opts ...Option) (*Primary[V], error) {
 // positive, is the backup's size in bytes, which bounds the key count the
 // store is sized for.
 func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V], uint64, error) {
+	st, par, end, err := loadBackup[V](r, cfg, size)
+	if err != nil {
+		return syncStart{}, nil, 0, err
+	}
+	if err := par.finish(); err != nil {
+		return syncStart{}, nil, 0, err
+	}
+	return st, par.st, end, nil
+}
+
+// loadBackup is readBackup with the store still being filled: the caller
+// may add more to it, and must call finish (or stop) on it. On an error,
+// the load is stopped.
+func loadBackup[V any](r io.Reader, cfg config, size int64) (_ syncStart, _ *parallelLoad[V], _ uint64, err error) {
 	fr := newFrameReader(r, cfg.maxFrameSize)
 	next := func() (frameType, []byte, int, error) {
 		t, payload, size, err := fr.next()
@@ -142,6 +156,13 @@ func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V
 		bound = size
 	}
 	loader := newSnapshotLoader[V](cfg.maxKeySize, cfg.maxValueSize, cfg.maxSnapshot, sizeHint(st.keys, bound))
+	par := newParallelLoad(loader.store, loadWorkerCount(cfg.loadWorkers))
+	loader.par = par
+	defer func() {
+		if err != nil {
+			par.stop()
+		}
+	}()
 	offset := st.offset
 	var until uint64
 	ended := false
@@ -152,9 +173,9 @@ func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V
 		}
 		switch t {
 		case frameSet, frameDel:
-			rec, err := parseRecord(t, payload, cfg.maxKeySize, cfg.maxValueSize)
+			rec, err := parseRecord(t, par.copy(payload), cfg.maxKeySize, cfg.maxValueSize)
 			if err == nil {
-				err = applyRecord(loader.store, rec)
+				err = par.record(rec, 0)
 			}
 			if err != nil {
 				return syncStart{}, nil, 0, err
@@ -189,5 +210,5 @@ func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V
 	if _, _, _, err := fr.next(); err != io.EOF {
 		return syncStart{}, nil, 0, fmt.Errorf("%w: data after the backup's end", ErrProtocol)
 	}
-	return st, loader.store, offset, nil
+	return st, par, offset, nil
 }

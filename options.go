@@ -102,6 +102,7 @@ type config struct {
 	fsyncInterval time.Duration // FsyncEverySecond's bound on unsynced writes
 	segmentSize   int64         // log segment rotation size
 	snapshotMin   int64         // log bytes after a snapshot before the next one
+	loadWorkers   int           // goroutines filling a store loaded from disk (0: by GOMAXPROCS; <0: none)
 }
 
 func newConfig(opts []Option) (config, error) {
