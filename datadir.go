@@ -258,6 +258,15 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	if err != nil {
 		return nil, err
 	}
+	// Where the log starts and ends: the store is sized for the keys its
+	// records past the snapshot may add.
+	first, _, logEnd, err := segmentBounds(dd.fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	if first > snap {
+		return nil, fmt.Errorf("%w: the log in %s starts at offset %d, after the snapshot at %d", ErrLostState, dir, first, snap)
+	}
 	f, err := dd.fsys.OpenFile(name, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
@@ -265,7 +274,7 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	// The snapshot and the log go to one load: the workers filling the
 	// store (parload.go) go on from the snapshot's entries to the log's
 	// records.
-	_, par, end, err := loadBackup[V](bufio.NewReaderSize(f, 256<<10), cfg, size)
+	_, par, end, err := loadBackup[V](bufio.NewReaderSize(f, 256<<10), cfg, size, int64(logEnd)-int64(snap))
 	f.Close()
 	if err == nil {
 		defer par.stop()
@@ -295,13 +304,6 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	// backlog's worth of frames (from the first that starts at or after
 	// cutoff) to the backlog, so that replicas that were behind can
 	// resume.
-	first, _, logEnd, err := segmentBounds(dd.fsys, dir)
-	if err != nil {
-		return nil, err
-	}
-	if first > snap {
-		return nil, fmt.Errorf("%w: the log in %s starts at offset %d, after the snapshot at %d", ErrLostState, dir, first, snap)
-	}
 	cutoff := first
 	if logEnd > first+dd.backlogSize {
 		cutoff = logEnd - dd.backlogSize

@@ -172,3 +172,21 @@ func TestDataDirLogValueError(t *testing.T) {
 		assert.ErrorContains(t, err, fmt.Sprintf("%s at offset %d", last, bad), "%d workers", workers)
 	}
 }
+
+// TestLoadSizeHint: the store of a restart is sized for the snapshot's
+// entries by their size and for what the log may add, within twice the
+// FULL frame's hint.
+func TestLoadSizeHint(t *testing.T) {
+	var chunk []byte
+	for i := range 10 {
+		chunk = appendString(chunk, fmt.Sprintf("key%03d", i))                             // 7 bytes
+		chunk = binary.AppendUvarint(chunk, 12)                                            // 1
+		chunk = append(chunk, 0xab, 'v', 'a', 'l', 'u', 'e', '.', '.', 'x', 'y', 'z', '!') // 12: 20 an entry
+	}
+	assert.Equal(t, 100, loadSizeHint(60, chunk, 2000, 0))
+	assert.Equal(t, 150, loadSizeHint(100, chunk, 2000, 50*(20+frameOverhead)))
+	assert.Equal(t, 120, loadSizeHint(60, chunk, 2000, 1<<20), "at most twice the hint")
+	assert.Equal(t, 500, loadSizeHint(500, chunk, 2000, 0), "never below the hint")
+	assert.Equal(t, 60, loadSizeHint(60, nil, 2000, 0))
+	assert.Equal(t, 0, loadSizeHint(0, chunk, 2000, 0))
+}
