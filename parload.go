@@ -14,7 +14,9 @@ import (
 // the shards i with i%workers == w, so each shard's map has one writer
 // (the store is private: no shard locks), and the entries and records of
 // one key reach its map in the order they were read: the final state is
-// the one a sequential load gives.
+// the one a sequential load gives. A replica's full sync still loads on
+// its session goroutine alone (snapshotLoader without par): it applies
+// the stream's records to the store between CHUNKs itself.
 
 const (
 	maxLoadWorkers = 4
