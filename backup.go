@@ -111,6 +111,28 @@ func RestorePrimary[V any](r io.Reader, opts ...Option) (*Primary[V], error) {
 	return p, nil
 }
 
+// loadSizeHint returns how many keys to size a store for that is loaded
+// from a snapshot of size bytes, given the key count of its FULL frame,
+// hint (bounded by size), and its first CHUNK, and that more bytes of
+// records will follow. hint counts the keys when the snapshot began, not
+// those written while it was taken, nor those the records add: both are
+// estimated from the size of the CHUNK's entries, up to twice hint. It
+// is a guess: too low, the maps grow as they fill (rehashing every key);
+// too high, they take up to twice the room.
+func loadSizeHint(hint int, chunk []byte, size, more int64) int {
+	n := 0
+	for p := (parser{b: chunk}); len(p.b) > 0 && p.err == nil; n++ {
+		p.bytes("", len(p.b))
+		p.bytes("", len(p.b))
+	}
+	if n == 0 || hint <= 0 {
+		return hint
+	}
+	per := max(int64(len(chunk)/n), 1)
+	est := size/per + max(more, 0)/(per+frameOverhead)
+	return int(max(int64(hint), min(est, 2*int64(hint))))
+}
+
 // readBackup reads a backup: FULL, CHUNKs and records up to END, then the
 // records up to END's offset, and nothing after. It returns the history
 // it was taken from, the data, and the offset the data is exact at. The
@@ -118,6 +140,21 @@ func RestorePrimary[V any](r io.Reader, opts ...Option) (*Primary[V], error) {
 // positive, is the backup's size in bytes, which bounds the key count the
 // store is sized for.
 func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V], uint64, error) {
+	st, par, end, err := loadBackup[V](r, cfg, size, 0)
+	if err != nil {
+		return syncStart{}, nil, 0, err
+	}
+	if err := par.finish(); err != nil {
+		return syncStart{}, nil, 0, err
+	}
+	return st, par.st, end, nil
+}
+
+// loadBackup is readBackup with the store still being filled: the caller
+// may add more to it, and must call finish (or stop) on it. On an error,
+// the load is stopped. more, if positive, is how many bytes of records
+// the caller will add: the store is sized for the keys they may add too.
+func loadBackup[V any](r io.Reader, cfg config, size, more int64) (_ syncStart, _ *parallelLoad[V], _ uint64, err error) {
 	fr := newFrameReader(r, cfg.maxFrameSize)
 	next := func() (frameType, []byte, int, error) {
 		t, payload, size, err := fr.next()
@@ -141,25 +178,42 @@ func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V
 	if size > 0 && (bound <= 0 || size < bound) {
 		bound = size
 	}
-	loader := newSnapshotLoader[V](cfg.maxKeySize, cfg.maxValueSize, cfg.maxSnapshot, sizeHint(st.keys, bound))
+	// The frame after FULL: a first CHUNK tells the size of the entries.
+	t, payload, fsize, err := next()
+	if err != nil {
+		return syncStart{}, nil, 0, err
+	}
+	keys := sizeHint(st.keys, bound)
+	if t == frameChunk && size > 0 {
+		keys = loadSizeHint(keys, payload, size, more)
+	}
+	loader := newSnapshotLoader[V](cfg.maxKeySize, cfg.maxValueSize, cfg.maxSnapshot, keys)
+	par := newParallelLoad(loader.store, loadWorkerCount(cfg.loadWorkers))
+	loader.par = par
+	defer func() {
+		if err != nil {
+			par.stop()
+		}
+	}()
 	offset := st.offset
 	var until uint64
 	ended := false
-	for !ended || offset < until {
-		t, payload, size, err := next()
-		if err != nil {
-			return syncStart{}, nil, 0, err
+	for have := true; !ended || offset < until; have = false {
+		if !have {
+			if t, payload, fsize, err = next(); err != nil {
+				return syncStart{}, nil, 0, err
+			}
 		}
 		switch t {
 		case frameSet, frameDel:
-			rec, err := parseRecord(t, payload, cfg.maxKeySize, cfg.maxValueSize)
+			rec, err := parseRecord(t, par.copy(payload), cfg.maxKeySize, cfg.maxValueSize)
 			if err == nil {
-				err = applyRecord(loader.store, rec)
+				err = par.record(rec, 0)
 			}
 			if err != nil {
 				return syncStart{}, nil, 0, err
 			}
-			offset += uint64(size)
+			offset += uint64(fsize)
 		case frameChunk:
 			if ended {
 				return syncStart{}, nil, 0, fmt.Errorf("%w: CHUNK after END", ErrProtocol)
@@ -189,5 +243,5 @@ func readBackup[V any](r io.Reader, cfg config, size int64) (syncStart, *store[V
 	if _, _, _, err := fr.next(); err != io.EOF {
 		return syncStart{}, nil, 0, fmt.Errorf("%w: data after the backup's end", ErrProtocol)
 	}
-	return st, loader.store, offset, nil
+	return st, par, offset, nil
 }

@@ -269,23 +269,8 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	if err != nil {
 		return nil, err
 	}
-	f, err := dd.fsys.OpenFile(name, os.O_RDONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	_, st, end, err := readBackup[V](bufio.NewReaderSize(f, 256<<10), cfg, size)
-	f.Close()
-	if err == nil && end != snap {
-		err = fmt.Errorf("snapshot is exact at offset %d, not %d", end, snap)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrChecksum, name, err)
-	}
-
-	// The log: the frames past the snapshot go to the store, and the last
-	// backlog's worth of frames (from the first that starts at or after
-	// cutoff) to the backlog, so that replicas that were behind can
-	// resume.
+	// Where the log starts and ends: the store is sized for the keys its
+	// records past the snapshot may add.
 	first, _, logEnd, err := segmentBounds(dd.fsys, dir)
 	if err != nil {
 		return nil, err
@@ -293,6 +278,43 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	if first > snap {
 		return nil, fmt.Errorf("%w: the log in %s starts at offset %d, after the snapshot at %d", ErrLostState, dir, first, snap)
 	}
+	f, err := dd.fsys.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	// The snapshot and the log go to one load: the workers filling the
+	// store (parload.go) go on from the snapshot's entries to the log's
+	// records.
+	_, par, end, err := loadBackup[V](bufio.NewReaderSize(f, 256<<10), cfg, size, int64(logEnd)-int64(snap))
+	f.Close()
+	if err == nil {
+		defer par.stop()
+		if end != snap {
+			err = fmt.Errorf("snapshot is exact at offset %d, not %d", end, snap)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrChecksum, name, err)
+	}
+	st := par.st
+	var files []logFile // the segments replayed, for a worker's error
+	par.wrap = func(err error, at uint64) error {
+		if at == 0 {
+			return fmt.Errorf("%w: %s: %w", ErrChecksum, name, err)
+		}
+		file := ""
+		for _, lf := range files {
+			if lf.from <= at-1 {
+				file = lf.name
+			}
+		}
+		return fmt.Errorf("%w: %s at offset %d: %w", ErrChecksum, file, at-1, err)
+	}
+
+	// The log: the frames past the snapshot go to the store, and the last
+	// backlog's worth of frames (from the first that starts at or after
+	// cutoff) to the backlog, so that replicas that were behind can
+	// resume.
 	cutoff := first
 	if logEnd > first+dd.backlogSize {
 		cutoff = logEnd - dd.backlogSize
@@ -301,13 +323,17 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	off := first
 	replay := func(frame []byte, file string) error {
 		if off >= snap {
+			if n := len(files); n == 0 || files[n-1].name != file {
+				files = append(files, logFile{name: file, from: off})
+			}
+			// frame is in a buffer of its segment's own, not reused.
 			t := frameType(frame[4])
 			r, err := parseRecord(t, frame[frameHeaderSize:len(frame)-frameCRCSize], cfg.maxKeySize, cfg.maxValueSize)
-			if err == nil {
-				err = applyRecord(st, r)
-			}
 			if err != nil {
 				return fmt.Errorf("%w: %s at offset %d: %w", ErrChecksum, file, off, err)
+			}
+			if err := par.record(r, off+1); err != nil {
+				return err // described by wrap
 			}
 		}
 		if bl == nil && off >= cutoff {
@@ -321,6 +347,10 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	}
 	sl, err := openStreamLog(dd.fsys, dir, snap, dd.segmentSize, dd.maxFrame, dd.log, replay)
 	if err != nil {
+		return nil, err
+	}
+	if err := par.finish(); err != nil {
+		sl.close()
 		return nil, err
 	}
 	if sl.end < snap {
@@ -341,6 +371,12 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	dd.snapAt, dd.snapSize = snap, size
 	dd.log.Info("loaded", "snapshot", snap, "offset", sl.end, "keys", st.len(), "log_from", first)
 	return &loadedData[V]{rec: rec, store: st, backlog: bl}, nil
+}
+
+// logFile is a segment replayed from offset from on.
+type logFile struct {
+	name string
+	from uint64
 }
 
 // segmentBounds returns where the oldest and newest segments in dir

@@ -103,6 +103,7 @@ type config struct {
 	segmentSize   int64         // log segment rotation size
 	snapshotMin   int64         // log bytes after a snapshot before the next one
 	spareInline   bool          // prepare FsyncAlways's spare segments inline, not in the background (deterministic, for fault tests)
+	loadWorkers   int           // goroutines filling a store loaded from disk (0: by GOMAXPROCS; <0: none)
 }
 
 func newConfig(opts []Option) (config, error) {

@@ -154,7 +154,8 @@ type snapshotLoader[V any] struct {
 	store    *store[V]
 	maxKey   int
 	maxValue int
-	maxBytes int64 // of CHUNK payloads; 0 for no cap
+	maxBytes int64            // of CHUNK payloads; 0 for no cap
+	par      *parallelLoad[V] // if set, fills store (else chunk does)
 	bytes    int64
 	crc      uint32
 	count    uint64
@@ -187,6 +188,9 @@ func (s *snapshotLoader[V]) chunk(payload []byte) error {
 		return fmt.Errorf("%w: snapshot of more than %d bytes exceeds the %d-byte limit", ErrTooLarge, s.bytes, s.maxBytes)
 	}
 	s.crc = crc32.Update(s.crc, castagnoli, payload)
+	if s.par != nil {
+		payload = s.par.copy(payload)
+	}
 	p := parser{b: payload}
 	for len(p.b) > 0 {
 		key := p.bytes("snapshot key", s.maxKey)
@@ -194,7 +198,13 @@ func (s *snapshotLoader[V]) chunk(payload []byte) error {
 		if p.err != nil {
 			return p.err
 		}
-		if err := storeSet(s.store, key, raw); err != nil {
+		var err error
+		if s.par != nil {
+			err = s.par.add(loadItem{key: key, raw: raw, shard: s.store.shardOf(key)})
+		} else {
+			err = storeSet(s.store, key, raw)
+		}
+		if err != nil {
 			return err
 		}
 		s.count++

@@ -76,6 +76,11 @@ func (s *store[V]) shard(key string) *shard[V] {
 	return &s.shards[maphash.String(s.seed, key)%shardCount]
 }
 
+// shardOf returns the index of key's shard.
+func (s *store[V]) shardOf(key []byte) uint16 {
+	return uint16(maphash.Bytes(s.seed, key) % shardCount)
+}
+
 func (s *store[V]) get(key string) (V, bool) {
 	sh := s.shard(key)
 	sh.mu.RLock()
@@ -151,7 +156,16 @@ func put[E any](private bool, mu *sync.RWMutex, m map[string]E, key string, e E)
 
 // delete removes key and reports whether it was there.
 func (s *store[V]) delete(key string) bool {
-	sh := s.shard(key)
+	ok := s.deleteIn(s.shard(key), key)
+	if ok {
+		s.n.Add(-1)
+	}
+	return ok
+}
+
+// deleteIn removes key from sh, which is its shard, and reports whether it
+// was there, leaving s.n to the caller.
+func (s *store[V]) deleteIn(sh *shard[V], key string) bool {
 	sh.mu.Lock()
 	var ok bool
 	if s.packed {
@@ -162,9 +176,6 @@ func (s *store[V]) delete(key string) bool {
 		delete(sh.m, key)
 	}
 	sh.mu.Unlock()
-	if ok {
-		s.n.Add(-1)
-	}
 	return ok
 }
 
