@@ -415,11 +415,15 @@ func fileSize(fsys fileSystem, name string) (int64, error) {
 	return f.Seek(0, 2)
 }
 
-// startPrealloc has sl preallocate its segments if the policy is
-// FsyncAlways: there, an fsync that does not extend a file is quicker,
-// and every write waits for one. The other policies write too much for
-// the zeros to be worth writing first.
+// startPrealloc sets sl up for the policy, before sl is in use. Under
+// FsyncAlways it preallocates its segments: an fsync that does not extend
+// a file is quicker, and every write waits for one (the other policies
+// write too much for the zeros to be worth writing first). Under
+// FsyncEverySecond it watches the age of its oldest write not on disk.
 func (dd *dataDir) startPrealloc(sl *streamLog) {
+	if dd.policy == FsyncEverySecond {
+		sl.window = dd.interval
+	}
 	if dd.policy == FsyncAlways {
 		sl.startPrealloc(dd.spareInline)
 	}
@@ -482,7 +486,7 @@ func (dd *dataDir) afterWrite(end uint64) error {
 	case FsyncAlways:
 		return s.sync(end)
 	case FsyncEverySecond:
-		if t := s.oldestPending(); !t.IsZero() && s.now().Sub(t) >= dd.interval {
+		if s.overdue.Load() {
 			return s.sync(end)
 		}
 	}

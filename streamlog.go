@@ -81,6 +81,13 @@ type streamLog struct {
 	inflightSince atomic.Int64
 	now           func() time.Time
 
+	// window, if positive, is the age the oldest write not on disk may
+	// reach (FsyncEverySecond's second). overdue is set once it has,
+	// by a timer armed with each new oldest write, and cleared by the
+	// fsync that covers it: writers read one atomic, not the clock.
+	window  time.Duration
+	overdue atomic.Bool
+
 	spare *spareSegment // nil unless segments are preallocated
 }
 
@@ -565,6 +572,9 @@ func (l *streamLog) appendEnd(parts ...[]byte) (uint64, error) {
 	}
 	if l.pendingSince.Load() == 0 {
 		l.pendingSince.Store(l.now().UnixNano())
+		if l.window > 0 {
+			time.AfterFunc(l.window, l.checkOverdue)
+		}
 	}
 	for _, p := range parts {
 		if _, err := l.w.Write(p); err != nil {
@@ -700,8 +710,18 @@ func (l *streamLog) syncAll() error {
 	}
 	if err == nil {
 		l.inflightSince.Store(0)
+		if l.window > 0 {
+			l.checkOverdue()
+		}
 	}
 	return err
+}
+
+// checkOverdue sets overdue if the oldest write not on disk is as old as
+// the window.
+func (l *streamLog) checkOverdue() {
+	t := l.oldestPending()
+	l.overdue.Store(!t.IsZero() && l.now().Sub(t) >= l.window)
 }
 
 // oldestPending returns when the oldest write not yet on disk was
