@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,15 +85,7 @@ func snapshotName(offset uint64) string {
 }
 
 func parseSnapshotName(name string) (uint64, bool) {
-	s, ok := strings.CutPrefix(name, snapshotPrefix)
-	if !ok {
-		return 0, false
-	}
-	if s, ok = strings.CutSuffix(s, snapshotSuffix); !ok || len(s) != 20 {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	return n, err == nil
+	return parseOffsetName(name, snapshotPrefix, snapshotSuffix)
 }
 
 func (dd *dataDir) genDir(gen uint64) string { return filepath.Join(dd.root, genName(gen)) }

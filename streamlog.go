@@ -119,11 +119,17 @@ func segmentName(start uint64) string {
 
 // parseSegmentName returns the start offset a segment file name holds.
 func parseSegmentName(name string) (uint64, bool) {
-	s, ok := strings.CutPrefix(name, segmentPrefix)
+	return parseOffsetName(name, segmentPrefix, segmentSuffix)
+}
+
+// parseOffsetName returns the offset in a name made of prefix, 20
+// decimal digits and suffix.
+func parseOffsetName(name, prefix, suffix string) (uint64, bool) {
+	s, ok := strings.CutPrefix(name, prefix)
 	if !ok {
 		return 0, false
 	}
-	if s, ok = strings.CutSuffix(s, segmentSuffix); !ok || len(s) != 20 {
+	if s, ok = strings.CutSuffix(s, suffix); !ok || len(s) != 20 {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(s, 10, 64)

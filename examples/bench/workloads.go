@@ -203,6 +203,14 @@ func setWaitThroughput(ctx context.Context, s system, cfg config) (map[string]fl
 		return nil, err
 	}
 	defer s.stop()
+	rate, err := workersFor(ctx, cfg, s.setWait)
+	return map[string]float64{"W4": rate}, err
+}
+
+// workersFor runs cfg.ackWorkers goroutines, each calling op on keys of
+// the keyspace in turn for cfg.ackTime, and returns the rate of calls
+// that succeeded, or the first errors.
+func workersFor(ctx context.Context, cfg config, op func(ctx context.Context, key string, value []byte) error) (float64, error) {
 	names := keyNames(cfg.keyspace)
 	val := randomValue(newRand(), cfg.valueSize)
 	var done atomic.Int64
@@ -213,7 +221,7 @@ func setWaitThroughput(ctx context.Context, s system, cfg config) (map[string]fl
 	for w := range cfg.ackWorkers {
 		wg.Go(func() {
 			for i := w; time.Now().Before(deadline); i += cfg.ackWorkers {
-				if err := s.setWait(ctx, names[i%len(names)], val); err != nil {
+				if err := op(ctx, names[i%len(names)], val); err != nil {
 					errs[w] = err
 					return
 				}
@@ -224,9 +232,9 @@ func setWaitThroughput(ctx context.Context, s system, cfg config) (map[string]fl
 	wg.Wait()
 	elapsed := time.Since(start)
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return 0, err
 	}
-	return map[string]float64{"W4": float64(done.Load()) / elapsed.Seconds()}, nil
+	return float64(done.Load()) / elapsed.Seconds(), nil
 }
 
 // fullSync is W5, W6 and W7: fill a primary with cfg.syncKeys keys
@@ -394,30 +402,8 @@ func durableWrites(ctx context.Context, s system, cfg config) (map[string]float6
 		return nil, err
 	}
 	defer s.stop()
-	names := keyNames(cfg.keyspace)
-	val := randomValue(newRand(), cfg.valueSize)
-	var done atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, cfg.ackWorkers)
-	deadline := time.Now().Add(cfg.ackTime)
-	start := time.Now()
-	for w := range cfg.ackWorkers {
-		wg.Go(func() {
-			for i := w; time.Now().Before(deadline); i += cfg.ackWorkers {
-				if err := s.set(ctx, names[i%len(names)], val); err != nil {
-					errs[w] = err
-					return
-				}
-				done.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return map[string]float64{"W11": float64(done.Load()) / elapsed.Seconds()}, nil
+	rate, err := workersFor(ctx, cfg, s.set)
+	return map[string]float64{"W11": rate}, err
 }
 
 // everySecondCost is W12: W1 in memory and with the primary writing a
