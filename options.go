@@ -392,6 +392,8 @@ const (
 	FsyncNever
 )
 
+// String returns the policy's name as Redis's appendfsync spells it:
+// "everysec", "always" or "never".
 func (p FsyncPolicy) String() string {
 	switch p {
 	case FsyncEverySecond:
