@@ -9,7 +9,7 @@ package replmap
 //
 //   - what a directory serves when it is opened, before any connection,
 //     is exactly the primary's state at the offset it serves (a prefix of
-//     the primary's stream, never anything else);
+//     the primary's stream, never anything else), of the primary's ReplID;
 //   - that offset is at least every DurableOffset a killed child reported
 //     (with FsyncAlways and FsyncEverySecond alike: a DurableOffset says
 //     the stream up to there is on disk);
