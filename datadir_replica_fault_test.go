@@ -155,11 +155,11 @@ func (f *repFaultRun) workload() {
 // applies nothing more, over two more connections to its primary.
 func (f *repFaultRun) checkStopped() {
 	t := f.t
+	var err error // LastError changes with every attempt: keep the one that says
 	waitFor(t, "the disk's failure in LastError", func() bool {
-		err := f.r.Info().LastError
+		err = f.r.Info().LastError
 		return err != nil && strings.Contains(err.Error(), "data directory")
 	})
-	err := f.r.Info().LastError
 	assert.True(t, errors.Is(err, errInjected) || errors.Is(err, errCrashed), "%v", err)
 	off, data := servedState(f.r)
 	require.NoError(t, f.hist.check(off, data), "the replica serves")
