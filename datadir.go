@@ -509,7 +509,7 @@ func (dd *dataDir) durable() uint64 {
 // noteHistory writes h as the directory's history, if it changed. The
 // caller holds writeMu. A failure stops writes.
 func (dd *dataDir) noteHistory(h history) {
-	if dd.rec.hist == h || dd.stream.Load() == nil {
+	if dd.rec.hist == h || dd.stream.Load() == nil || dd.failed() != nil {
 		return
 	}
 	rec := dirRecord{hist: h, gen: dd.rec.gen}

@@ -529,6 +529,15 @@ func (s *replicaSession[V]) receive() error {
 	if err != nil {
 		return linkError("handshake", s.addr, err)
 	}
+	if dd := s.n.disk; dd != nil {
+		// A directory that failed stops writes for good: neither a
+		// partial resync nor a full sync may apply anything more
+		// (the data in memory would run ahead of the disk, one record
+		// per reconnect).
+		if err := dd.failed(); err != nil {
+			return linkError("handshake", s.addr, err)
+		}
+	}
 	switch t {
 	case frameContinue:
 		if err := s.resume(payload); err != nil {
