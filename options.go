@@ -124,7 +124,7 @@ func newConfig(opts []Option) (config, error) {
 
 		fsys:          osFS{},
 		fsyncInterval: time.Second,
-		segmentSize:   64 << 20,
+		segmentSize:   16 << 20, // removal after a snapshot is by whole segments: small ones keep less
 		snapshotMin:   64 << 20,
 	}
 	for _, o := range opts {
