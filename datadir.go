@@ -673,28 +673,30 @@ func compact[V any](dd *dataDir, n *node[V]) {
 		// from there.
 		err = s.sync(end)
 	}
+	var name string
+	if err == nil {
+		name, err = sf.finish(end)
+	}
+	// A full sync may have replaced the generation meanwhile (closing
+	// its log, removing its directory): then whatever failed, failed for
+	// that, not for the disk, and the snapshot is simply dropped.
 	n.writeMu.Lock()
-	same := n.data().store == d.store && dd.rec.gen == gen
+	same := n.data().store == d.store && dd.rec.gen == gen && dd.stream.Load() == s
+	prev := dd.snapAt
+	if same && err == nil {
+		dd.snapAt, dd.snapSize = end, sf.size
+	}
 	n.writeMu.Unlock()
 	if err != nil || !same {
 		sf.abort()
-		if err != nil && n.ctx.Err() == nil {
+		if name != "" && !same {
+			_ = dd.fsys.Remove(name)
+		}
+		if err != nil && same && n.ctx.Err() == nil {
 			dd.fail(err)
 		}
 		return
 	}
-	name, err := sf.finish(end)
-	if err != nil {
-		_ = dd.fsys.Remove(sf.tmp)
-		dd.fail(err)
-		return
-	}
-	n.writeMu.Lock()
-	prev := dd.snapAt
-	if dd.rec.gen == gen {
-		dd.snapAt, dd.snapSize = end, sf.size
-	}
-	n.writeMu.Unlock()
 	dd.snapshots.Add(1)
 	if prev != end {
 		if err := dd.fsys.Remove(filepath.Join(dir, snapshotName(prev))); err != nil && !errors.Is(err, os.ErrNotExist) {

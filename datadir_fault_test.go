@@ -64,7 +64,7 @@ func checkFaultErrors(t *testing.T, pt faultPoint, mode faultMode, errors int) {
 func kindOf(name string) fileKind {
 	base := filepath.Base(name)
 	switch {
-	case base == spareName:
+	case base == spareName || base == spareNewName:
 		return kindSpare
 	case strings.HasSuffix(base, segmentSuffix):
 		return kindSegment

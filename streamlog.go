@@ -94,11 +94,16 @@ type streamLog struct {
 // spareSegment is the next segment of a preallocated log, made ahead of
 // time (see startPrealloc).
 type spareSegment struct {
-	inline bool          // made by the rotation that needs the next one, not in the background
-	ready  atomic.Bool   // spareName holds a whole, fsynced segment's worth of zeros
-	want   chan struct{} // asks the background goroutine for a spare
-	stop   chan struct{} // closed by close
-	done   chan struct{} // closed when the goroutine has ended
+	inline bool // made by the rotation that needs the next one, not in the background
+	// mu orders the hand-off of spareName: a rotation takes the spare
+	// and the goroutine installs the next one under it, so neither can
+	// act on the other's file. (Not the log's mu: close holds that while
+	// it waits for the goroutine.)
+	mu    sync.Mutex
+	ready atomic.Bool   // spareName holds a whole, fsynced segment's worth of zeros
+	want  chan struct{} // asks the background goroutine for a spare
+	stop  chan struct{} // closed by close
+	done  chan struct{} // closed when the goroutine has ended
 }
 
 const (
@@ -109,6 +114,9 @@ const (
 	// being made. Being a temporary file, it is removed when a data
 	// directory is opened.
 	spareName = segmentPrefix + "spare" + tempSuffix
+	// spareNewName is a spare being written, renamed to spareName once
+	// it is whole and fsynced.
+	spareNewName = segmentPrefix + "spare-new" + tempSuffix
 )
 
 var segmentMagic = []byte("RMLOG01\n")
@@ -272,7 +280,7 @@ func (l *streamLog) recoverSegment(start uint64, last bool, replay func([]byte, 
 			break
 		}
 		next := nextValidFrame(data, pos+1, l.maxFrame)
-		if !last || next < len(data) && !lostSector(data[:next], pos) {
+		if !last || next < len(data) && !(endsInZeros(data) && lostSector(data[:next], pos)) {
 			return 0, 0, 0, damaged(pos, "bad frame")
 		}
 		// Nothing valid follows: a write cut short by a crash. Or what
@@ -410,6 +418,15 @@ func lostSector(b []byte, pos int) bool {
 	return false
 }
 
+// endsInZeros reports whether b, a last segment, ends in a sector of
+// zeros: a preallocated segment not yet written to its end. Only there
+// may an fsync's sectors have reached the disk out of order (lostSector);
+// in a segment that grows with its writes, a bad frame before valid ones
+// is damage.
+func endsInZeros(b []byte) bool {
+	return len(b) >= segmentHeaderSize+sectorSize && allZero(b[len(b)-sectorSize:])
+}
+
 // createSegment starts a new segment at start and makes it the one
 // written to: the spare, if one is ready, else a new file. The caller
 // holds mu (or has l to itself).
@@ -418,11 +435,7 @@ func (l *streamLog) createSegment(start uint64) error {
 	var f file
 	var alloc int64
 	var err error
-	if l.spare != nil && l.spare.ready.Load() {
-		l.spare.ready.Store(false)
-		if err := l.fsys.Rename(filepath.Join(l.dir, spareName), name); err != nil {
-			return err
-		}
+	if l.takeSpare(name) {
 		// Opened without O_APPEND: frames are written over the zeros.
 		if f, err = l.fsys.OpenFile(name, os.O_RDWR, 0); err != nil {
 			return err
@@ -435,6 +448,8 @@ func (l *streamLog) createSegment(start uint64) error {
 			f.Close()
 			return err
 		}
+	} else if l.err != nil {
+		return l.err // taking the spare failed
 	} else if f, err = l.fsys.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
 		return err
 	}
@@ -484,13 +499,54 @@ func (l *streamLog) askSpare() {
 	switch {
 	case sp == nil || sp.ready.Load():
 	case sp.inline:
-		sp.ready.Store(l.makeSpare(nil))
+		if l.makeSpare(nil) {
+			l.installSpare(sp)
+		}
 	default:
 		select {
 		case sp.want <- struct{}{}:
 		default: // asked already
 		}
 	}
+}
+
+// takeSpare renames the ready spare to name, if there is one, and
+// reports whether it did. The caller holds mu. A failed rename fails the
+// log (its error is then l.err).
+func (l *streamLog) takeSpare(name string) bool {
+	sp := l.spare
+	if sp == nil {
+		return false
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if !sp.ready.Load() {
+		return false
+	}
+	sp.ready.Store(false)
+	if err := l.fsys.Rename(filepath.Join(l.dir, spareName), name); err != nil {
+		l.fail(err)
+		return false
+	}
+	return true
+}
+
+// installSpare makes the spare just written the ready one, unless one
+// is ready already.
+func (l *streamLog) installSpare(sp *spareSegment) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	made := filepath.Join(l.dir, spareNewName)
+	if sp.ready.Load() {
+		_ = l.fsys.Remove(made)
+		return
+	}
+	if err := l.fsys.Rename(made, filepath.Join(l.dir, spareName)); err != nil {
+		l.log.Warn("could not preallocate a log segment", "file", made, "err", err)
+		_ = l.fsys.Remove(made)
+		return
+	}
+	sp.ready.Store(true)
 }
 
 // makeSpares makes a spare whenever asked, until stopped.
@@ -502,10 +558,8 @@ func (l *streamLog) makeSpares(sp *spareSegment) {
 			return
 		case <-sp.want:
 		}
-		// Only createSegment, under mu, takes a ready spare, and only
-		// this goroutine makes one.
 		if !sp.ready.Load() && l.makeSpare(sp.stop) {
-			sp.ready.Store(true)
+			l.installSpare(sp)
 		}
 	}
 }
@@ -515,7 +569,7 @@ func (l *streamLog) makeSpares(sp *spareSegment) {
 // next rotation: the log then appends to a file that grows, as without
 // preallocation. It gives up when stop is closed.
 func (l *streamLog) makeSpare(stop <-chan struct{}) bool {
-	name := filepath.Join(l.dir, spareName)
+	name := filepath.Join(l.dir, spareNewName)
 	f, err := l.fsys.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err == nil {
 		zeros := make([]byte, min(l.maxSegment, 1<<20))
@@ -559,6 +613,7 @@ func (l *streamLog) stopPrealloc() {
 	}
 	l.spare = nil
 	_ = l.fsys.Remove(filepath.Join(l.dir, spareName))
+	_ = l.fsys.Remove(filepath.Join(l.dir, spareNewName))
 }
 
 // append adds a frame, given in parts, at the end of the stream. Its bytes
@@ -700,13 +755,16 @@ func (l *streamLog) syncAll() error {
 	if err == nil {
 		// Outside mu, so appends go on during the fsync. A rotation
 		// may close f meanwhile; it fsyncs f first, up to an end at
-		// or past this one, so then this fsync's failure is moot.
+		// or past this one, so then this fsync failing because f is
+		// closed is moot. Any other failure is not: the kernel reports
+		// a writeback error to one fsync only, so the rotation's may
+		// have succeeded over lost data.
 		if err = f.Sync(); err != nil {
 			l.mu.Lock()
-			if l.f == f {
-				err = l.fail(err)
-			} else {
+			if l.f != f && errors.Is(err, os.ErrClosed) {
 				err = nil
+			} else {
+				err = l.fail(err)
 			}
 			l.mu.Unlock()
 		} else {

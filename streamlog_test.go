@@ -456,6 +456,12 @@ func TestStreamLogPreallocTorn(t *testing.T) {
 		require.NoError(t, err)
 		require.Greater(t, len(b), 4*sectorSize)
 		clear(b[2*sectorSize : 3*sectorSize])
+		// Only a preallocated segment (ending in zeros) may have lost a
+		// sector: in one that grows with its writes, this is damage.
+		require.NoError(t, os.WriteFile(seg, b, 0o644))
+		_, err = openStreamLog(osFS{}, dir, 100, 1<<20, DefaultMaxFrameSize, slog.New(slog.DiscardHandler), nil)
+		require.ErrorIs(t, err, ErrChecksum)
+		b = append(b, make([]byte, 4*sectorSize)...)
 		require.NoError(t, os.WriteFile(seg, b, 0o644))
 		want, pos := uint64(100), segmentHeaderSize
 		for _, f := range frames {
