@@ -700,9 +700,11 @@ func (s *replicaSession[V]) maybeSwap() error {
 		r.log.Warn("full sync discarded writes this replica had beyond the new primary's history",
 			"bytes", lost, "history", old.hist.replID, "from", shared, "to", old.offset())
 	}
+	// Counted before the swap: once the new data is served (and
+	// WaitOffset returns), Info must already count the sync that brought it.
+	r.fullSyncs.Add(1)
 	n.swap(s.target)
 	n.writeMu.Unlock()
-	r.fullSyncs.Add(1)
 	r.syncKeys.Store(0)
 	s.progress = true
 	s.startStreaming()
