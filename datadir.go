@@ -357,7 +357,7 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 			dd.log.Warn("could not remove a stale file", "file", name, "err", err)
 		}
 	}
-	dd.startPrealloc(sl)
+	dd.setUpLog(sl)
 	dd.stream.Store(sl)
 	dd.snapAt, dd.snapSize = snap, size
 	dd.log.Info("loaded", "snapshot", snap, "offset", sl.end, "keys", st.len(), "log_from", first)
@@ -406,12 +406,12 @@ func fileSize(fsys fileSystem, name string) (int64, error) {
 	return f.Seek(0, 2)
 }
 
-// startPrealloc sets sl up for the policy, before sl is in use. Under
+// setUpLog sets sl up for the policy, before sl is in use. Under
 // FsyncAlways it preallocates its segments: an fsync that does not extend
 // a file is quicker, and every write waits for one (the other policies
 // write too much for the zeros to be worth writing first). Under
 // FsyncEverySecond it watches the age of its oldest write not on disk.
-func (dd *dataDir) startPrealloc(sl *streamLog) {
+func (dd *dataDir) setUpLog(sl *streamLog) {
 	if dd.policy == FsyncEverySecond {
 		sl.window = dd.interval
 	}
@@ -524,20 +524,10 @@ func (dd *dataDir) noteHistory(h history) {
 // of d's data, an empty log from its offset, then the history record. The
 // caller holds no lock; n must not be taking writes yet.
 func newGen[V any](dd *dataDir, n *node[V], d *dataset[V]) error {
-	gen := dd.rec.gen + 1
-	dir := dd.genDir(gen)
-	if err := dd.fsys.RemoveAll(dir); err != nil {
-		return err
-	}
-	if err := dd.fsys.MkdirAll(dir); err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, snapshotName(0)+tempSuffix)
-	f, err := dd.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	sf, gen, err := beginGen(dd, n)
 	if err != nil {
 		return err
 	}
-	sf := &snapshotFile{fsys: dd.fsys, f: f, w: bufio.NewWriterSize(f, 256<<10), dir: dir, tmp: tmp}
 	end, err := n.writeSnapshot(context.Background(), sf.w)
 	if err == nil {
 		_, err = sf.finish(end)
@@ -557,6 +547,16 @@ type snapshotFile struct {
 	dir  string
 	tmp  string
 	size int64
+}
+
+// createSnapshotFile starts a snapshot as the temporary file tmp in dir.
+func createSnapshotFile(fsys fileSystem, dir, tmp string) (*snapshotFile, error) {
+	tmp = filepath.Join(dir, tmp)
+	f, err := fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshotFile{fsys: fsys, f: f, w: bufio.NewWriterSize(f, 256<<10), dir: dir, tmp: tmp}, nil
 }
 
 // finish makes the snapshot durable under its name for offset.
@@ -605,7 +605,7 @@ func (dd *dataDir) commitGen(sf *snapshotFile, gen, end uint64, h history) error
 		sl.close()
 		return err
 	}
-	dd.startPrealloc(sl)
+	dd.setUpLog(sl)
 	old := dd.stream.Swap(sl)
 	oldGen := dd.rec.gen
 	dd.rec, dd.snapAt, dd.snapSize = rec, end, sf.size
@@ -640,12 +640,8 @@ func beginGen[V any](dd *dataDir, n *node[V]) (*snapshotFile, uint64, error) {
 	if err := dd.fsys.MkdirAll(dir); err != nil {
 		return nil, 0, err
 	}
-	tmp := filepath.Join(dir, snapshotName(0)+tempSuffix)
-	f, err := dd.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, 0, err
-	}
-	return &snapshotFile{fsys: dd.fsys, f: f, w: bufio.NewWriterSize(f, 256<<10), dir: dir, tmp: tmp}, gen, nil
+	sf, err := createSnapshotFile(dd.fsys, dir, snapshotName(0)+tempSuffix)
+	return sf, gen, err
 }
 
 // compact writes a snapshot of the node's data into the current
@@ -660,13 +656,11 @@ func compact[V any](dd *dataDir, n *node[V]) {
 		return
 	}
 	dir := dd.genDir(gen)
-	tmp := filepath.Join(dir, "snap"+tempSuffix)
-	f, err := dd.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	sf, err := createSnapshotFile(dd.fsys, dir, "snap"+tempSuffix)
 	if err != nil {
 		dd.fail(err)
 		return
 	}
-	sf := &snapshotFile{fsys: dd.fsys, f: f, w: bufio.NewWriterSize(f, 256<<10), dir: dir, tmp: tmp}
 	end, err := n.writeSnapshot(n.ctx, sf.w)
 	if err == nil {
 		// The log must reach the snapshot on disk: a restart replays it

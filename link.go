@@ -395,17 +395,7 @@ func (l *link[V]) requestAck(target uint64) {
 	if off, ok := l.acked(); ok && off >= target {
 		return
 	}
-	l.ackMu.Lock()
-	if l.inflight {
-		if l.asked.Load() < target {
-			l.more = true
-		}
-		l.ackMu.Unlock()
-		return
-	}
-	l.inflight = true
-	l.ackMu.Unlock()
-	l.sendGetAck()
+	l.askForAck(l.asked.Load() < target)
 }
 
 // requestDurableAck asks the replica to make target durable and say so,
@@ -415,9 +405,17 @@ func (l *link[V]) requestDurableAck(target uint64) {
 		return
 	}
 	l.wantDurable.Store(true)
+	l.askForAck(true) // the GETACK out may lack the flag
+}
+
+// askForAck sends a GETACK, or, if one is out, has another sent when its
+// ACK comes back if again (the one out does not serve the caller).
+func (l *link[V]) askForAck(again bool) {
 	l.ackMu.Lock()
 	if l.inflight {
-		l.more = true
+		if again {
+			l.more = true
+		}
 		l.ackMu.Unlock()
 		return
 	}

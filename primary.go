@@ -232,12 +232,13 @@ func (p *Primary[V]) writable() error {
 		return ErrClosed
 	case p.n.stale.Load():
 		return fmt.Errorf("%w: a replica has seen a newer epoch than this primary's %d", ErrStaleEpoch, p.n.data().hist.epoch)
-	case p.n.disk != nil && p.n.disk.failed() != nil:
-		return p.n.disk.failed()
 	case p.cfg.minReplicas > 0:
 		if k := p.n.freshReplicas(p.cfg.minReplicasLag); k < p.cfg.minReplicas {
 			return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", ErrNotEnoughReplicas, k, p.cfg.minReplicas, p.cfg.minReplicasLag)
 		}
+	}
+	if p.n.disk != nil {
+		return p.n.disk.failed()
 	}
 	return nil
 }
