@@ -634,6 +634,9 @@ func (l *streamLog) appendEnd(parts ...[]byte) (uint64, error) {
 	if l.pendingSince.Load() == 0 {
 		l.pendingSince.Store(l.now().UnixNano())
 		if l.window > 0 {
+			// At most one timer per pending period (about two a
+			// second); it only reads and stores atomics, so one that
+			// fires after close is harmless and needs no owner.
 			time.AfterFunc(l.window, l.checkOverdue)
 		}
 	}

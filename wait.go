@@ -290,32 +290,39 @@ func (p *Primary[V]) WaitDurable(ctx context.Context, n int) (int, error) {
 		return nd.durableCount(target), err
 	}
 	for {
-		k := nd.durableCount(target)
-		if k >= n {
-			return k, nil
+		k, woken, err := p.waitDurableOnce(ctx, target, n)
+		if err != nil || !woken || k >= n {
+			return k, err
 		}
-		w := nd.durableWaits.add(target, n)
-		if k = nd.durableCount(target); k >= n {
-			nd.durableWaits.remove(w)
-			return k, nil
-		}
+		// Woken with n on disk, but a link was replaced before the
+		// recount: wait again.
+	}
+}
+
+// waitDurableOnce lists a waiter for target, asks the replicas, and
+// blocks until it is woken or ctx ends; it reports the count and whether
+// it was woken.
+func (p *Primary[V]) waitDurableOnce(ctx context.Context, target uint64, n int) (int, bool, error) {
+	nd := p.n
+	w := nd.durableWaits.add(target, n)
+	defer nd.durableWaits.remove(w)
+	if k := nd.durableCount(target); k >= n {
+		return k, false, nil
+	}
+	if p.closed() { // listed before this check: Close wakes it otherwise
+		return nd.durableCount(target), false, ErrClosed
+	}
+	for _, l := range nd.linkList() {
+		l.requestDurableAck(target)
+	}
+	select {
+	case <-w.ready:
 		if p.closed() {
-			nd.durableWaits.remove(w)
-			return k, ErrClosed
+			return nd.durableCount(target), false, ErrClosed
 		}
-		for _, l := range nd.linkList() {
-			l.requestDurableAck(target)
-		}
-		select {
-		case <-w.ready: // enough, or Close: count again
-			nd.durableWaits.remove(w)
-			if p.closed() {
-				return nd.durableCount(target), ErrClosed
-			}
-		case <-ctx.Done():
-			nd.durableWaits.remove(w)
-			return nd.durableCount(target), ctx.Err()
-		}
+		return nd.durableCount(target), true, nil
+	case <-ctx.Done():
+		return nd.durableCount(target), false, ctx.Err()
 	}
 }
 
