@@ -35,7 +35,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -43,12 +42,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -184,19 +181,8 @@ func runCrashWriter(p *Primary[string], s *crashStream, stop <-chan struct{}) er
 // TestCrashReplicaChild is the child process of TestCrashReplica; run
 // directly, it skips.
 func TestCrashReplicaChild(t *testing.T) {
-	env := os.Getenv(crashReplicaChildEnv)
-	if env == "" {
-		t.Skip("runs only as the child of TestCrashReplica")
-	}
 	var c crashReplicaConfig
-	if err := json.Unmarshal([]byte(env), &c); err != nil {
-		crashChildFail("config", err)
-	}
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		crashChildFail("stdin", errors.New("the parent went away"))
-	}()
-	out := os.NewFile(3, "events")
+	out := crashChildSetUp(t, crashReplicaChildEnv, "TestCrashReplica", &c)
 	var mu sync.Mutex
 	report := func(format string, args ...any) {
 		mu.Lock()
@@ -401,18 +387,9 @@ func runCrashReplicaChild(t *testing.T, c crashReplicaConfig, stream *crashStrea
 	t.Helper()
 	cfg, err := json.Marshal(c)
 	require.NoError(t, err)
-	events, eventsW, err := os.Pipe()
-	require.NoError(t, err)
-	defer events.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashReplicaChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), crashReplicaChildEnv+"="+string(cfg))
-	cmd.ExtraFiles = []*os.File{eventsW}
-	stdin, err := cmd.StdinPipe()
-	require.NoError(t, err)
 	cr := &crashReplicaRound{round: c.Round, stderr: &bytes.Buffer{}}
-	cmd.Stdout, cmd.Stderr = cr.stderr, cr.stderr
-	require.NoError(t, cmd.Start())
-	eventsW.Close()
+	proc := startCrashProc(t, "TestCrashReplicaChild", crashReplicaChildEnv, cfg, cr.stderr)
+	defer proc.events.Close()
 
 	// The schedule: after a delay from the start (often while the child
 	// loads or syncs), after some reports, or after a delay from the
@@ -433,42 +410,9 @@ func runCrashReplicaChild(t *testing.T, c crashReplicaConfig, stream *crashStrea
 	var keys int
 	synced, reached := make(chan struct{}), make(chan struct{})
 	read := make(chan error, 1)
-	go func() { read <- readCrashReplicaEvents(events, cr, killAt, &digest, &keys, synced, reached) }()
-
-	var timer <-chan time.Time
-	if killAt < 0 && from == "" {
-		timer = time.After(delay)
-	}
-	wait := time.NewTimer(time.Minute)
-	defer wait.Stop()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	for killed := false; !killed; {
-		select {
-		case <-synced:
-			synced = nil
-			if from == "sync" {
-				timer = time.After(delay)
-			}
-		case <-timer:
-			killed = true
-		case <-reached:
-			killed = true
-		case err := <-exited:
-			stdin.Close()
-			require.FailNow(t, "the crash child exited by itself", "round %d (%s): %v\n%s", c.Round, cr.killedBy, err, cr.stderr)
-		case <-wait.C:
-			_ = cmd.Process.Kill()
-			<-exited
-			require.FailNow(t, "the crash child did not reach its kill", "round %d (%s), %d events\n%s", c.Round, cr.killedBy, cr.events, cr.stderr)
-		}
-	}
-	_ = cmd.Process.Kill()
-	err = <-exited
-	stdin.Close()
-	var ee *exec.ExitError
-	require.ErrorAs(t, err, &ee, "round %d", c.Round)
-	require.Equal(t, syscall.SIGKILL, ee.Sys().(syscall.WaitStatus).Signal(), "round %d: the child ended otherwise: %v\n%s", c.Round, err, cr.stderr)
+	go func() { read <- readCrashReplicaEvents(proc.events, cr, killAt, &digest, &keys, synced, reached) }()
+	proc.kill(t, fmt.Sprintf("round %d (%s)", c.Round, cr.killedBy), reached, synced, killAt < 0, from == "sync", delay,
+		func() string { return fmt.Sprintf("%d events", cr.events) })
 	require.NoError(t, <-read, "round %d", c.Round)
 	require.NotContains(t, cr.stderr.String(), "DATA RACE", "round %d", c.Round)
 	if cr.opened {

@@ -133,20 +133,8 @@ func crashOp(round, w, i int) (key, value string, del bool) {
 
 // TestCrashChild is the child process of TestCrash; run directly, it skips.
 func TestCrashChild(t *testing.T) {
-	env := os.Getenv(crashChildEnv)
-	if env == "" {
-		t.Skip("runs only as the child of TestCrash")
-	}
 	var c crashChild
-	if err := json.Unmarshal([]byte(env), &c); err != nil {
-		crashChildFail("config", err)
-	}
-	// The parent holds our stdin open: if it dies, so do we.
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		crashChildFail("stdin", errors.New("the parent went away"))
-	}()
-	out := os.NewFile(3, "events")
+	out := crashChildSetUp(t, crashChildEnv, "TestCrash", &c)
 	report := func(line string) {
 		if _, err := out.WriteString(line + "\n"); err != nil {
 			crashChildFail("report", err)
@@ -292,18 +280,9 @@ func runCrashChild(t *testing.T, dir string, policy FsyncPolicy, seed uint64, ro
 	}
 	cfg, err := json.Marshal(crashChild{Dir: dir, Policy: policy, Round: round, Writers: crashWriters, Segment: segment, Seed: seed})
 	require.NoError(t, err)
-	events, eventsW, err := os.Pipe()
-	require.NoError(t, err)
-	defer events.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+string(cfg))
-	cmd.ExtraFiles = []*os.File{eventsW}
-	stdin, err := cmd.StdinPipe()
-	require.NoError(t, err)
 	cr := &crashRound{round: round, stderr: &bytes.Buffer{}}
-	cmd.Stdout, cmd.Stderr = cr.stderr, cr.stderr
-	require.NoError(t, cmd.Start())
-	eventsW.Close()
+	proc := startCrashProc(t, "TestCrashChild", crashChildEnv, cfg, cr.stderr)
+	defer proc.events.Close()
 	started := time.Now()
 
 	// The schedule: a kill after some ops returned, or after a delay
@@ -328,43 +307,9 @@ func runCrashChild(t *testing.T, dir string, policy FsyncPolicy, seed uint64, ro
 	}
 	opened, reached := make(chan struct{}), make(chan struct{})
 	read := make(chan error, 1)
-	go func() { read <- readCrashEvents(events, cr, killAt, opened, reached) }()
-
-	var timer <-chan time.Time
-	if killAt < 0 && !fromOpen {
-		timer = time.After(delay)
-	}
-	wait := time.NewTimer(time.Minute)
-	defer wait.Stop()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	killed := false
-	for !killed {
-		select {
-		case <-opened:
-			opened = nil
-			if fromOpen {
-				timer = time.After(delay)
-			}
-		case <-timer:
-			killed = true
-		case <-reached:
-			killed = true
-		case err := <-exited:
-			stdin.Close()
-			require.FailNow(t, "the crash child exited by itself", "round %d (%s): %v\n%s", round, cr.killedBy, err, cr.stderr)
-		case <-wait.C:
-			_ = cmd.Process.Kill()
-			<-exited
-			require.FailNow(t, "the crash child did not reach its kill", "round %d (%s), %d events in %v\n%s", round, cr.killedBy, cr.events, time.Since(started), cr.stderr)
-		}
-	}
-	_ = cmd.Process.Kill() // if it had exited by itself, its status says so
-	err = <-exited
-	stdin.Close()
-	var ee *exec.ExitError
-	require.ErrorAs(t, err, &ee, "round %d", round)
-	require.Equal(t, syscall.SIGKILL, ee.Sys().(syscall.WaitStatus).Signal(), "round %d: the child ended otherwise: %v\n%s", round, err, cr.stderr)
+	go func() { read <- readCrashEvents(proc.events, cr, killAt, opened, reached) }()
+	proc.kill(t, fmt.Sprintf("round %d (%s)", round, cr.killedBy), reached, opened, killAt < 0, fromOpen, delay,
+		func() string { return fmt.Sprintf("%d events in %v", cr.events, time.Since(started)) })
 	require.NoError(t, <-read, "round %d", round)
 	require.NotContains(t, cr.stderr.String(), "DATA RACE", "round %d", round)
 	return cr
@@ -598,4 +543,94 @@ func (h *countingHandler) count(msg string) int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.n[msg]
+}
+
+// crashProc is a child process of a crash test: the test binary run again
+// with its config in env, reporting on file descriptor 3 (events), killed
+// with SIGKILL.
+type crashProc struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser // held open: the child exits when it closes
+	events *os.File
+	stderr *bytes.Buffer
+	exited chan error
+}
+
+// startCrashProc starts the test named test as a child, with cfg in the
+// environment variable env.
+func startCrashProc(t *testing.T, test, env string, cfg []byte, stderr *bytes.Buffer) *crashProc {
+	t.Helper()
+	events, eventsW, err := os.Pipe()
+	require.NoError(t, err)
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env+"="+string(cfg))
+	cmd.ExtraFiles = []*os.File{eventsW}
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	require.NoError(t, cmd.Start())
+	eventsW.Close()
+	p := &crashProc{cmd: cmd, stdin: stdin, events: events, stderr: stderr, exited: make(chan error, 1)}
+	go func() { p.exited <- cmd.Wait() }()
+	return p
+}
+
+// kill waits for the moment drawn for the round, kills the child and
+// checks that the kill is what ended it. The moment is reached closing,
+// or, if timed, delay after event closes (fromEvent) or after now. A
+// child that exits by itself, or does not reach its moment within a
+// minute, fails the test; progress says how far it got.
+func (p *crashProc) kill(t *testing.T, round string, reached, event <-chan struct{}, timed, fromEvent bool, delay time.Duration, progress func() string) {
+	t.Helper()
+	var timer <-chan time.Time
+	if timed && !fromEvent {
+		timer = time.After(delay)
+	}
+	wait := time.NewTimer(time.Minute)
+	defer wait.Stop()
+	for killed := false; !killed; {
+		select {
+		case <-event:
+			event = nil
+			if timed && fromEvent {
+				timer = time.After(delay)
+			}
+		case <-timer:
+			killed = true
+		case <-reached:
+			killed = true
+		case err := <-p.exited:
+			p.stdin.Close()
+			require.FailNow(t, "the crash child exited by itself", "%s: %v\n%s", round, err, p.stderr)
+		case <-wait.C:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+			require.FailNow(t, "the crash child did not reach its kill", "%s, %s\n%s", round, progress(), p.stderr)
+		}
+	}
+	_ = p.cmd.Process.Kill() // if it had exited by itself, its status says so
+	err := <-p.exited
+	p.stdin.Close()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, round)
+	require.Equal(t, syscall.SIGKILL, ee.Sys().(syscall.WaitStatus).Signal(), "%s: the child ended otherwise: %v\n%s", round, err, p.stderr)
+}
+
+// crashChildSetUp is the start of a crash test's child: it reads its
+// config from env into cfg (skipping when env is unset: run directly),
+// exits when the parent goes away, and returns the file it reports on.
+func crashChildSetUp(t *testing.T, env, parent string, cfg any) *os.File {
+	raw := os.Getenv(env)
+	if raw == "" {
+		t.Skip("runs only as the child of " + parent)
+	}
+	if err := json.Unmarshal([]byte(raw), cfg); err != nil {
+		crashChildFail("config", err)
+	}
+	// The parent holds our stdin open: if it dies, so do we.
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		crashChildFail("stdin", errors.New("the parent went away"))
+	}()
+	return os.NewFile(3, "events")
 }
