@@ -198,6 +198,7 @@ func loadBackup[V any](r io.Reader, cfg config, size, more int64) (_ syncStart, 
 	offset := st.offset
 	var until uint64
 	ended := false
+	var ops []op
 	for have := true; !ended || offset < until; have = false {
 		if !have {
 			if t, payload, fsize, err = next(); err != nil {
@@ -205,20 +206,20 @@ func loadBackup[V any](r io.Reader, cfg config, size, more int64) (_ syncStart, 
 			}
 		}
 		switch t {
-		case frameSet, frameDel:
-			rec, err := parseRecord(t, par.copy(payload), cfg.maxKeySize, cfg.maxValueSize)
+		case frameSet, frameDel, frameSetX, frameTx:
+			ops, err = parseOps(ops[:0], t, par.copy(payload), cfg.maxKeySize, cfg.maxValueSize)
 			if err == nil {
-				err = par.record(rec, 0)
+				err = par.record(ops, 0)
 			}
 			if err != nil {
 				return syncStart{}, nil, 0, err
 			}
 			offset += uint64(fsize)
-		case frameChunk:
+		case frameChunk, frameChunkX:
 			if ended {
-				return syncStart{}, nil, 0, fmt.Errorf("%w: CHUNK after END", ErrProtocol)
+				return syncStart{}, nil, 0, fmt.Errorf("%w: %s after END", ErrProtocol, t)
 			}
-			if err := loader.chunk(payload); err != nil {
+			if err := loader.chunk(t, payload); err != nil {
 				return syncStart{}, nil, 0, err
 			}
 		case frameEnd:

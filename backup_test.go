@@ -27,15 +27,17 @@ func stateAt(t *testing.T, frames []recordedFrame, offset uint64) map[string]str
 		fr := newFrameReader(bytes.NewReader(f.bytes), DefaultMaxFrameSize)
 		typ, payload, _, err := fr.next()
 		require.NoError(t, err)
-		rec, err := parseRecord(typ, payload, DefaultMaxKeySize, DefaultMaxValueSize)
+		ops, err := parseOps(nil, typ, payload, DefaultMaxKeySize, DefaultMaxValueSize)
 		require.NoError(t, err)
-		if typ == frameDel {
-			delete(m, string(rec.key))
-			continue
+		for _, o := range ops {
+			if o.del {
+				delete(m, string(o.key))
+				continue
+			}
+			v, err := decodeValue[string](o.raw)
+			require.NoError(t, err)
+			m[string(o.key)] = v
 		}
-		v, err := decodeValue[string](rec.raw)
-		require.NoError(t, err)
-		m[string(rec.key)] = v
 	}
 	return m
 }

@@ -170,7 +170,7 @@ func BenchmarkFrameEncode(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		var err error
-		buf, err = appendSetFrame(buf[:0], "key:12345", val, DefaultMaxValueSize)
+		buf, err = appendSetFrame(buf[:0], "key:12345", val, 0, DefaultMaxValueSize)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -179,7 +179,7 @@ func BenchmarkFrameEncode(b *testing.B) {
 }
 
 func BenchmarkFrameDecode(b *testing.B) {
-	frame, err := appendSetFrame(nil, "key:12345", bytes.Repeat([]byte("v"), 100), DefaultMaxValueSize)
+	frame, err := appendSetFrame(nil, "key:12345", bytes.Repeat([]byte("v"), 100), 0, DefaultMaxValueSize)
 	require.NoError(b, err)
 	stream := bytes.Repeat(frame, 1000)
 	rd := bytes.NewReader(stream)
@@ -203,7 +203,7 @@ func BenchmarkSnapshot(b *testing.B) {
 	var enc bytes.Buffer
 	sw := snapshotWriter{w: &enc}
 	for _, k := range keys {
-		require.NoError(b, addEntry(&sw, k, val))
+		require.NoError(b, addEntry(&sw, k, val, 0))
 	}
 	require.NoError(b, sw.flush())
 	snapshot := enc.Bytes()
@@ -214,7 +214,7 @@ func BenchmarkSnapshot(b *testing.B) {
 		for b.Loop() {
 			sw := snapshotWriter{w: io.Discard}
 			for _, k := range keys {
-				if err := addEntry(&sw, k, val); err != nil {
+				if err := addEntry(&sw, k, val, 0); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -237,7 +237,7 @@ func BenchmarkSnapshot(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := loader.chunk(payload); err != nil {
+				if err := loader.chunk(frameChunk, payload); err != nil {
 					b.Fatal(err)
 				}
 			}

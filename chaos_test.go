@@ -425,14 +425,15 @@ func (c *chaosRun) recordWrite(line *chaosLine, frame []byte, end uint64) {
 	payload := frame[frameHeaderSize : len(frame)-frameCRCSize]
 	switch frameType(frame[4]) {
 	case frameSet:
-		key, raw, err := parseSet(payload, DefaultMaxKeySize, DefaultMaxValueSize)
+		ops, err := parseOps(nil, frameSet, payload, DefaultMaxKeySize, DefaultMaxValueSize)
 		if err == nil {
-			rec.value, err = decodeValue[string](raw)
+			rec.value, err = decodeValue[string](ops[0].raw)
 		}
 		if err != nil {
 			c.fail("write hook: bad SET record: %v", err)
+			return
 		}
-		rec.key, rec.ok = string(key), true
+		rec.key, rec.ok = string(ops[0].key), true
 	case frameDel:
 		rec.key = string(payload)
 	}

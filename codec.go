@@ -94,26 +94,6 @@ func decodeValue[V any](b []byte) (V, error) {
 	return v, nil
 }
 
-// storeSet stores key with the value whose msgpack encoding is raw. A
-// packed store takes the bytes straight from the wire: no decoder, no
-// intermediate copy, one allocation.
-func storeSet[V any](st *store[V], key, raw []byte) error {
-	if st.packed {
-		b, err := readMsgpackRaw(raw)
-		if err != nil {
-			return err
-		}
-		st.setBytes(key, b, b == nil)
-		return nil
-	}
-	v, err := decodeValue[V](raw)
-	if err != nil {
-		return err
-	}
-	st.set(string(key), v)
-	return nil
-}
-
 func appendMsgpackBin(dst, b []byte) []byte {
 	if b == nil {
 		return append(dst, 0xc0) // nil
@@ -178,10 +158,16 @@ func readMsgpackRaw(b []byte) ([]byte, error) {
 	return b[hdr:], nil
 }
 
-// appendSetFrame appends a SET record for key and the encoded value.
-func appendSetFrame[V any](dst []byte, key string, v V, maxValue int) ([]byte, error) {
+// appendSetFrame appends a SET record for key and the encoded value, or
+// a SETX if at (a deadline in Unix nanoseconds) is not 0.
+func appendSetFrame[V any](dst []byte, key string, v V, at int64, maxValue int) ([]byte, error) {
 	start := len(dst)
-	dst = beginFrame(dst, frameSet)
+	if at != 0 {
+		dst = beginFrame(dst, frameSetX)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(at))
+	} else {
+		dst = beginFrame(dst, frameSet)
+	}
 	dst = appendString(dst, key)
 	valueStart := len(dst)
 	dst, err := appendValue(dst, v)
@@ -199,50 +185,108 @@ func appendDelFrame(dst []byte, key string) []byte {
 	return appendFrame(dst, frameDel, []byte(key))
 }
 
-// parseSet splits a SET payload into key and encoded value.
-func parseSet(b []byte, maxKey, maxValue int) (key, value []byte, err error) {
-	p := parser{b: b}
-	key = p.bytes("SET key", maxKey)
-	if p.err != nil {
-		return nil, nil, p.err
-	}
-	if len(p.b) > maxValue {
-		return nil, nil, fmt.Errorf("%w: value of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(p.b), maxValue)
-	}
-	return key, p.b, nil
+// isDataRecord reports whether frames of type t are data records: writes
+// that advance the offset.
+func isDataRecord(t frameType) bool {
+	return t == frameSet || t == frameDel || t == frameSetX || t == frameTx
 }
 
-// dataRecord is a SET or DEL payload, checked against the limits, ready
-// to apply to a store.
-type dataRecord struct {
-	t   frameType
+// op is one write of a data record, checked against the limits: a set
+// (with a deadline, or not) or a deletion. Its slices alias the payload
+// it was parsed from.
+type op struct {
+	del bool
 	key []byte
-	raw []byte // a SET's msgpack value
+	raw []byte // a set's msgpack value
+	at  int64  // a set's deadline in Unix nanoseconds; 0 for none
 }
 
-// parseRecord checks a SET or DEL payload against the limits. The record
-// aliases payload.
-func parseRecord(t frameType, payload []byte, maxKey, maxValue int) (dataRecord, error) {
+// parseOps appends the writes of the data record (t, payload) to ops, in
+// order, after checking the whole record: a malformed or oversized one
+// adds nothing. Values are not decoded here.
+func parseOps(ops []op, t frameType, payload []byte, maxKey, maxValue int) ([]op, error) {
+	p := parser{b: payload}
 	switch t {
-	case frameSet:
-		key, raw, err := parseSet(payload, maxKey, maxValue)
-		return dataRecord{t: t, key: key, raw: raw}, err
+	case frameSet, frameSetX:
+		o := op{}
+		if t == frameSetX {
+			o.at = p.deadline("SETX deadline")
+		}
+		o.key = p.bytes(t.String()+" key", maxKey)
+		if p.err != nil {
+			return ops, p.err
+		}
+		if len(p.b) > maxValue {
+			return ops, fmt.Errorf("%w: value of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(p.b), maxValue)
+		}
+		o.raw = p.b
+		return append(ops, o), nil
 	case frameDel:
 		if len(payload) > maxKey {
-			return dataRecord{}, fmt.Errorf("%w: DEL key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(payload), maxKey)
+			return ops, fmt.Errorf("%w: DEL key of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(payload), maxKey)
 		}
-		return dataRecord{t: t, key: payload}, nil
+		return append(ops, op{del: true, key: payload}), nil
+	case frameTx:
+		n := p.u32("TX count")
+		if p.err == nil && (n == 0 || uint64(n) > uint64(len(p.b)/2)) {
+			// Every write takes at least two bytes: a count above that
+			// is a lie, and must not size anything.
+			return ops, fmt.Errorf("%w: TX of %d writes in %d bytes", ErrProtocol, n, len(p.b))
+		}
+		first := len(ops)
+		for range n {
+			if p.err != nil {
+				break
+			}
+			var o op
+			if len(p.b) == 0 {
+				p.fail("TX write")
+				break
+			}
+			kind := frameType(p.b[0])
+			p.b = p.b[1:]
+			switch kind {
+			case frameSetX:
+				o.at = p.deadline("TX deadline")
+			case frameSet:
+			case frameDel:
+				o.del = true
+			default:
+				p.err = fmt.Errorf("%w: TX write of kind 0x%02x", ErrProtocol, byte(kind))
+			}
+			o.key = p.bytes("TX key", maxKey)
+			if !o.del {
+				o.raw = p.bytes("TX value", maxValue)
+			}
+			ops = append(ops, o)
+		}
+		if err := p.end("TX"); err != nil {
+			return ops[:first], err
+		}
+		return ops, nil
 	}
-	return dataRecord{}, fmt.Errorf("%w: %s is not a data record", ErrProtocol, t)
+	return ops, fmt.Errorf("%w: %s is not a data record", ErrProtocol, t)
 }
 
-// applyRecord applies r to st. A value that does not decode leaves st
-// unchanged.
-func applyRecord[V any](st *store[V], r dataRecord) error {
-	if r.t == frameSet {
-		return storeSet(st, r.key, r.raw)
+// applyOps applies a data record's writes to st as one: all of them, or,
+// if a value does not decode, none. Readers see none of them or all.
+func applyOps[V any](st *store[V], ops []op) error {
+	if len(ops) == 1 {
+		w, err := recordWrite(st, ops[0])
+		if err != nil {
+			return err
+		}
+		st.apply(&w)
+		return nil
 	}
-	st.delete(string(r.key))
+	ws := make([]write[V], len(ops))
+	for i, o := range ops {
+		var err error
+		if ws[i], err = recordWrite(st, o); err != nil {
+			return err
+		}
+	}
+	st.applyAll(ws)
 	return nil
 }
 

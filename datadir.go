@@ -311,6 +311,7 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 		cutoff = logEnd - dd.backlogSize
 	}
 	var bl *backlog
+	var ops []op
 	off := first
 	replay := func(frame []byte, file string) error {
 		if off >= snap {
@@ -319,11 +320,12 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 			}
 			// frame is in a buffer of its segment's own, not reused.
 			t := frameType(frame[4])
-			r, err := parseRecord(t, frame[frameHeaderSize:len(frame)-frameCRCSize], cfg.maxKeySize, cfg.maxValueSize)
+			var err error
+			ops, err = parseOps(ops[:0], t, frame[frameHeaderSize:len(frame)-frameCRCSize], cfg.maxKeySize, cfg.maxValueSize)
 			if err != nil {
 				return fmt.Errorf("%w: %s at offset %d: %w", ErrChecksum, file, off, err)
 			}
-			if err := par.record(r, off+1); err != nil {
+			if err := par.record(ops, off+1); err != nil {
 				return err // described by wrap
 			}
 		}

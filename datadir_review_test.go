@@ -137,7 +137,7 @@ func TestSyncFailureDuringRotation(t *testing.T) {
 func TestBitFlipBeforeZeroValueIsDamage(t *testing.T) {
 	dir := t.TempDir()
 	frames := testFrames(t, 20)
-	big, err := appendSetFrame(nil, "zeros", make([]byte, 4096), DefaultMaxValueSize)
+	big, err := appendSetFrame(nil, "zeros", make([]byte, 4096), 0, DefaultMaxValueSize)
 	require.NoError(t, err)
 	all := append(append(append([][]byte{}, frames[:10]...), big), frames[10:]...)
 	l := openTestLog(t, osFS{}, dir, 1<<20)

@@ -489,14 +489,14 @@ func decodeFailoverRecord(frame []byte, end uint64) (streamRecord, error) {
 	payload := frame[frameHeaderSize : len(frame)-frameCRCSize]
 	switch t := frameType(frame[4]); t {
 	case frameSet:
-		key, raw, err := parseSet(payload, DefaultMaxKeySize, DefaultMaxValueSize)
+		ops, err := parseOps(nil, t, payload, DefaultMaxKeySize, DefaultMaxValueSize)
 		if err != nil {
 			return rec, fmt.Errorf("bad SET record: %w", err)
 		}
-		if rec.value, err = decodeValue[string](raw); err != nil {
+		if rec.value, err = decodeValue[string](ops[0].raw); err != nil {
 			return rec, fmt.Errorf("bad SET value: %w", err)
 		}
-		rec.key, rec.ok = string(key), true
+		rec.key, rec.ok = string(ops[0].key), true
 	case frameDel:
 		rec.key = string(payload)
 	default:

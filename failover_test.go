@@ -673,7 +673,7 @@ func TestReplicaRefusesOlderEpoch(t *testing.T) {
 	var buf bytes.Buffer
 	buf.Write(appendSyncStart(nil, frameFull, syncStart{replID: "feedface", epoch: 2}))
 	sw := snapshotWriter{w: &buf}
-	require.NoError(t, addEntry(&sw, "a", 1))
+	require.NoError(t, addEntry(&sw, "a", 1, 0))
 	require.NoError(t, sw.finish(0))
 	fake.send(buf.Bytes())
 	waitSynced(t, r)

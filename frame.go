@@ -30,18 +30,26 @@ package replmap
 //	FULL     'F'  sync start: str replID, u64 offset O the snapshot starts from,
 //	              u64 epoch, str replID2, u64 replID2 offset[, u64 key count hint]
 //	CHUNK    'K'  snapshot entries: uv key length, key, uv value length, value
+//	CHUNKX   'k'  snapshot entries with a deadline: u64 deadline, then as CHUNK
 //	END      'E'  u64 entry count, u32 CRC-32C of all CHUNK payloads, u64 offset E
 //	CONTINUE 'C'  sync start, as FULL, with the offset the stream resumes from
 //	SET      's'  uv key length, key, value (the rest of the payload)
+//	SETX     't'  u64 deadline (Unix nanoseconds, > 0), uv key length, key, value (the rest)
 //	DEL      'd'  key (the whole payload)
+//	TX       'T'  u32 write count n (>= 1), then n writes, applied as one: each a kind byte
+//	              ('s' set, 't' set with a deadline, 'd' delete), then for 't' a u64
+//	              deadline, then uv key length, key, and for 's' and 't' uv value length, value
 //	PING     'P'  (empty) keep-alive on an idle link
 //	GETACK   'G'  asks for an ACK now; empty, or a flag byte: 1 = fsync the data directory first
 //	ERROR    'X'  u16 error code; the primary closes the link after it
 //	FAILOVER 'O'  u64 offset, u64 epoch: become primary of that epoch if at that offset (a handover)
 //
-// Values are msgpack (github.com/hashicorp/go-msgpack). SET and DEL are data
-// records: the replication offset counts their whole frames, length prefix
-// to CRC, and nothing else. A full sync is FULL, CHUNKs, END, with the data
+// Values are msgpack (github.com/hashicorp/go-msgpack). SET, SETX, DEL and TX
+// are data records: the replication offset counts their whole frames,
+// length prefix to CRC, and nothing else. A deadline is absolute, so it
+// means the same after a full sync, a restart or a failover; a key whose
+// deadline has passed is not served, and the primary deletes it with a DEL.
+// END's count and checksum cover CHUNK and CHUNKX alike. A full sync is FULL, CHUNKs, END, with the data
 // records from O on interleaved between CHUNKs and going on after END; the
 // snapshot walk may already contain some writes after O, so the replica
 // applies records to the store it loads, keeps it aside until it has
@@ -61,15 +69,15 @@ import (
 )
 
 const (
-	protocolVersion = 3
+	protocolVersion = 4
 
 	frameHeaderSize = 5 // length + type
 	frameCRCSize    = 4
 	frameOverhead   = frameHeaderSize + frameCRCSize
 
-	// maxRecordOverhead bounds what a SET frame adds to its key and value:
+	// maxRecordOverhead bounds what a SET or SETX frame adds to its key and value:
 	// the frame overhead and the key's varint length.
-	maxRecordOverhead = frameOverhead + binary.MaxVarintLen64
+	maxRecordOverhead = frameOverhead + binary.MaxVarintLen64 + 8 // + a SETX deadline
 
 	// readChunk is how much a frame reader allocates at a time for a frame
 	// whose bytes have not arrived yet, so a hostile length prefix costs at
@@ -92,10 +100,13 @@ const (
 	framePing     frameType = 'P'
 	frameFull     frameType = 'F'
 	frameChunk    frameType = 'K'
+	frameChunkX   frameType = 'k'
 	frameEnd      frameType = 'E'
 	frameContinue frameType = 'C'
 	frameSet      frameType = 's'
 	frameDel      frameType = 'd'
+	frameSetX     frameType = 't'
+	frameTx       frameType = 'T'
 	frameGetAck   frameType = 'G'
 	frameError    frameType = 'X'
 	frameFailover frameType = 'O'
@@ -115,6 +126,8 @@ func (t frameType) String() string {
 		return "FULL"
 	case frameChunk:
 		return "CHUNK"
+	case frameChunkX:
+		return "CHUNKX"
 	case frameEnd:
 		return "END"
 	case frameContinue:
@@ -123,6 +136,10 @@ func (t frameType) String() string {
 		return "SET"
 	case frameDel:
 		return "DEL"
+	case frameSetX:
+		return "SETX"
+	case frameTx:
+		return "TX"
 	case frameGetAck:
 		return "GETACK"
 	case frameError:
@@ -319,6 +336,15 @@ func (p *parser) u64(what string) uint64 {
 	v := binary.BigEndian.Uint64(p.b)
 	p.b = p.b[8:]
 	return v
+}
+
+// deadline reads a u64 deadline, which must be a positive int64.
+func (p *parser) deadline(what string) int64 {
+	v := p.u64(what)
+	if p.err == nil && (v == 0 || v > math.MaxInt64) {
+		p.err = fmt.Errorf("%w: %s %d out of range", ErrProtocol, what, v)
+	}
+	return int64(v)
 }
 
 // bytes returns a length-prefixed byte string of at most limit bytes,

@@ -144,42 +144,50 @@ func FuzzHandshake(f *testing.F) {
 func FuzzSnapshotChunk(f *testing.F) {
 	var buf bytes.Buffer
 	sw := snapshotWriter{w: &buf}
-	_ = addEntry(&sw, "k", map[string]any{"a": 1, "b": []any{"x", 2.5}})
-	_ = addEntry(&sw, "k2", "str")
+	_ = addEntry(&sw, "k", map[string]any{"a": 1, "b": []any{"x", 2.5}}, 0)
+	_ = addEntry(&sw, "k2", "str", 0)
 	_ = sw.flush()
 	f.Add(buf.Bytes()[5 : buf.Len()-4])
+	buf.Reset()
+	_ = addEntry(&sw, "k3", "str", 1e18)
+	_ = sw.flush()
+	f.Add(buf.Bytes()[5 : buf.Len()-4]) // a CHUNKX payload
 	f.Add([]byte{1, 'k', 5, 0xc6, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{1, 'k', 5, 0xdd, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		limit := uint64(64*len(payload)) + 1<<20
-		checkAlloc(t, limit, func() { _ = newSnapshotLoader[any](1024, 1<<20, 0, 0).chunk(payload) })
-		checkAlloc(t, limit, func() { _ = newSnapshotLoader[[]byte](1024, 1<<20, 0, 0).chunk(payload) })
-		checkAlloc(t, limit, func() { _ = newSnapshotLoader[map[string][]int](1024, 1<<20, 0, 0).chunk(payload) })
+		for _, kind := range []frameType{frameChunk, frameChunkX} {
+			checkAlloc(t, limit, func() { _ = newSnapshotLoader[any](1024, 1<<20, 0, 0).chunk(kind, payload) })
+			checkAlloc(t, limit, func() { _ = newSnapshotLoader[[]byte](1024, 1<<20, 0, 0).chunk(kind, payload) })
+			checkAlloc(t, limit, func() { _ = newSnapshotLoader[map[string][]int](1024, 1<<20, 0, 0).chunk(kind, payload) })
+		}
 	})
 }
 
 // FuzzStreamRecord decodes arbitrary SET payloads as a replica would:
 // errors, never panics, and round trips what decodes.
 func FuzzStreamRecord(f *testing.F) {
-	frame, _ := appendSetFrame(nil, "key", []byte("value"), 1<<20)
+	frame, _ := appendSetFrame(nil, "key", []byte("value"), 0, 1<<20)
 	f.Add(frame[5 : len(frame)-4])
-	frame, _ = appendSetFrame(nil, "key", "value", 1<<20)
+	frame, _ = appendSetFrame(nil, "key", "value", 0, 1<<20)
 	f.Add(frame[5 : len(frame)-4])
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		key, raw, err := parseSet(payload, 1024, 1<<20)
+		ops, err := parseOps(nil, frameSet, payload, 1024, 1<<20)
 		if err != nil {
 			return
 		}
+		key, raw := ops[0].key, ops[0].raw
 		// Whatever decodes re-encodes to a record that decodes the same.
 		if v, err := decodeValue[[]byte](raw); err == nil {
-			re, err := appendSetFrame(nil, string(key), v, 1<<20)
+			re, err := appendSetFrame(nil, string(key), v, 0, 1<<20)
 			if err != nil {
 				t.Fatal(err)
 			}
-			key2, raw2, err := parseSet(re[5:len(re)-4], 1024, 1<<20)
+			ops2, err := parseOps(nil, frameSet, re[5:len(re)-4], 1024, 1<<20)
 			if err != nil {
 				t.Fatal(err)
 			}
+			key2, raw2 := ops2[0].key, ops2[0].raw
 			v2, err := decodeValue[[]byte](raw2)
 			if err != nil || !bytes.Equal(key, key2) || !bytes.Equal(v, v2) || (v == nil) != (v2 == nil) {
 				t.Fatalf("SET round trip: %q=%x became %q=%x (%v)", key, v, key2, v2, err)
@@ -187,6 +195,47 @@ func FuzzStreamRecord(f *testing.F) {
 		}
 		_, _ = decodeValue[string](raw)
 		checkAlloc(t, uint64(64*len(raw))+1<<20, func() { _, _ = decodeValue[any](raw) })
+	})
+}
+
+// FuzzRecord applies arbitrary data records of every kind (SET, SETX,
+// DEL, TX) as a replica does: errors, never panics, allocates within a
+// multiple of the input, and a record that fails changes nothing (a TX
+// applies whole or not at all).
+func FuzzRecord(f *testing.F) {
+	frame, _ := appendSetFrame(nil, "key", []byte("value"), 1e18, 1<<20)
+	f.Add(byte(frameSetX), frame[5:len(frame)-4])
+	tx := binary.BigEndian.AppendUint32(nil, 3)
+	tx = append(tx, 's')
+	tx = appendString(tx, "a")
+	tx = appendString(tx, string(appendMsgpackBin(nil, []byte("1"))))
+	tx = append(tx, 't')
+	tx = binary.BigEndian.AppendUint64(tx, 1e18)
+	tx = appendString(tx, "b")
+	tx = appendString(tx, string(appendMsgpackBin(nil, []byte("2"))))
+	tx = append(tx, 'd')
+	tx = appendString(tx, "old")
+	f.Add(byte(frameTx), tx)
+	f.Add(byte(frameTx), append(binary.BigEndian.AppendUint32(nil, 2), 's', 1, 'x', 1, 0xc1, 'd', 1, 'y')) // bad value: nothing applies
+	f.Add(byte(frameTx), binary.BigEndian.AppendUint32(nil, 1<<31))
+	f.Add(byte(frameDel), []byte("old"))
+	f.Fuzz(func(t *testing.T, kind byte, payload []byte) {
+		kinds := []frameType{frameSet, frameSetX, frameDel, frameTx}
+		typ := kinds[int(kind)%len(kinds)]
+		checkAlloc(t, uint64(64*len(payload))+1<<20, func() {
+			st := newStore[[]byte]()
+			st.set("old", []byte("v"))
+			ops, err := parseOps(nil, typ, payload, 1024, 1<<20)
+			if err != nil {
+				return
+			}
+			if err := applyOps(st, ops); err != nil {
+				if v, ok := st.get("old"); st.len() != 1 || !ok || string(v) != "v" {
+					t.Fatalf("a %s that failed (%v) changed the store", typ, err)
+				}
+			}
+			_ = st.len()
+		})
 	})
 }
 
@@ -216,11 +265,11 @@ func runReplicaStream[V any](t *testing.T, r io.Reader, old V) *Replica[V] {
 func FuzzReplicaStream(f *testing.F) {
 	var full bytes.Buffer
 	full.Write(appendSyncStart(nil, frameFull, syncStart{replID: "id", offset: 10}))
-	rec1, _ := appendSetFrame(nil, "b", "x", 1<<10)
+	rec1, _ := appendSetFrame(nil, "b", "x", 0, 1<<10)
 	full.Write(rec1)
 	sw := snapshotWriter{w: &full}
-	_ = addEntry(&sw, "a", "1")
-	_ = addEntry(&sw, "b", "2")
+	_ = addEntry(&sw, "a", "1", 0)
+	_ = addEntry(&sw, "b", "2", 0)
 	_ = sw.flush()
 	full.Write(appendDelFrame(nil, "a"))
 	_ = sw.finish(uint64(10 + len(rec1) + len(appendDelFrame(nil, "a"))))

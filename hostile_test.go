@@ -74,7 +74,7 @@ func (f *fakePrimary) fullSync(replID string, data map[string]int) {
 	buf.Write(appendSyncStart(nil, frameFull, syncStart{replID: replID, offset: 0}))
 	sw := snapshotWriter{w: &buf}
 	for k, v := range data {
-		require.NoError(f.t, addEntry(&sw, k, v))
+		require.NoError(f.t, addEntry(&sw, k, v, 0))
 	}
 	require.NoError(f.t, sw.finish(0))
 	f.send(buf.Bytes())
@@ -89,7 +89,7 @@ func (f *fakePrimary) dropped() {
 }
 
 func setFrame(t *testing.T, key string, v int) []byte {
-	b, err := appendSetFrame(nil, key, v, DefaultMaxValueSize)
+	b, err := appendSetFrame(nil, key, v, 0, DefaultMaxValueSize)
 	require.NoError(t, err)
 	return b
 }
@@ -156,7 +156,7 @@ func TestHostileSnapshot(t *testing.T) {
 	goodChunk := func() []byte {
 		var buf bytes.Buffer
 		sw := snapshotWriter{w: &buf}
-		require.NoError(t, addEntry(&sw, "x", 5))
+		require.NoError(t, addEntry(&sw, "x", 5, 0))
 		require.NoError(t, sw.flush())
 		return buf.Bytes()
 	}
@@ -205,8 +205,8 @@ func TestRecordsInterleavedWithSnapshot(t *testing.T) {
 
 	var chunks bytes.Buffer
 	sw := snapshotWriter{w: &chunks}
-	require.NoError(t, addEntry(&sw, "a", 1))
-	require.NoError(t, addEntry(&sw, "b", 2))
+	require.NoError(t, addEntry(&sw, "a", 1, 0))
+	require.NoError(t, addEntry(&sw, "b", 2, 0))
 	require.NoError(t, sw.flush())
 	setB, delA, setC := setFrame(t, "b", 20), appendDelFrame(nil, "a"), setFrame(t, "c", 3)
 	upTo := uint64(100 + len(setB) + len(delA))

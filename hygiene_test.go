@@ -168,7 +168,7 @@ func TestCloseInEveryPhase(t *testing.T) {
 			fake.accept()
 			var chunk bytes.Buffer
 			sw := snapshotWriter{w: &chunk}
-			require.NoError(t, addEntry(&sw, "a", []byte("1")))
+			require.NoError(t, addEntry(&sw, "a", []byte("1"), 0))
 			require.NoError(t, sw.flush())
 			fake.send(appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 0}), chunk.Bytes())
 			synctest.Wait()

@@ -39,14 +39,13 @@ func loadWorkerCount(n int) int {
 	return 0
 }
 
-// loadItem is a snapshot entry or a data record to apply: key and raw
-// (the value's msgpack) alias a payload that stays unchanged until the
-// item is applied.
+// loadItem is a snapshot entry or a write of a data record to apply: the
+// op's key and value alias a payload that stays unchanged until the item
+// is applied.
 type loadItem struct {
-	key, raw []byte
-	shard    uint16
-	del      bool
-	at       uint64 // the log offset of a record + 1; 0 for a snapshot's entries and records
+	o     op
+	shard uint16
+	at    uint64 // the log offset of a record + 1; 0 for a snapshot's entries and records
 }
 
 // loadArena holds copies of payloads whose reader reuses its buffer. It is
@@ -102,22 +101,19 @@ func newParallelLoad[V any](st *store[V], workers int) *parallelLoad[V] {
 }
 
 func (p *parallelLoad[V]) worker(in <-chan *loadBatch) {
-	var grew int64
 	for b := range in {
+		var dn, dt int
 		if !p.failed.Load() {
 			for _, it := range b.items {
-				d, err := applyItem(p.st, it)
+				n, t, err := applyItem(p.st, it)
 				if err != nil {
 					p.fail(err, it.at)
 					break
 				}
-				grew += int64(d)
+				dn, dt = dn+n, dt+t
 			}
 		}
-		if grew != 0 {
-			p.st.n.Add(grew) // once a batch: the counter is shared
-			grew = 0
-		}
+		p.st.count(dn, dt) // once a batch: the counters are shared
 		for _, a := range b.arenas {
 			p.releaseArena(a)
 		}
@@ -151,34 +147,15 @@ func (p *parallelLoad[V]) workerErr() error {
 }
 
 // applyItem applies it to st, whose shard it.shard only the caller writes,
-// and returns by how much the store's size changed.
-func applyItem[V any](st *store[V], it loadItem) (int, error) {
-	sh := &st.shards[it.shard]
-	if it.del {
-		if st.deleteIn(sh, string(it.key)) {
-			return -1, nil
-		}
-		return 0, nil
+// and returns by how much the store's key count and count of keys with a
+// deadline change.
+func applyItem[V any](st *store[V], it loadItem) (dn, dt int, err error) {
+	w, err := recordWrite(st, it.o)
+	if err != nil {
+		return 0, 0, err
 	}
-	var grew bool
-	if st.packed {
-		b, err := readMsgpackRaw(it.raw)
-		if err != nil {
-			return 0, err
-		}
-		k, e := pack(it.key, b, b == nil)
-		grew = put(st.private, &sh.mu, sh.p, k, e)
-	} else {
-		v, err := decodeValue[V](it.raw)
-		if err != nil {
-			return 0, err
-		}
-		grew = put(st.private, &sh.mu, sh.m, string(it.key), v)
-	}
-	if grew {
-		return 1, nil
-	}
-	return 0, nil
+	_, dn, dt = st.applyLocked(&st.shards[it.shard], &w)
+	return dn, dt, nil
 }
 
 // copy returns a copy of b that stays unchanged until the items over it
@@ -231,12 +208,12 @@ func (p *parallelLoad[V]) releaseArena(a *loadArena) {
 // returns a worker's error, if one failed: the load is over.
 func (p *parallelLoad[V]) add(it loadItem) error {
 	if p.work == nil {
-		d, err := applyItem(p.st, it)
+		dn, dt, err := applyItem(p.st, it)
 		if err != nil {
 			p.fail(err, it.at)
 			return p.workerErr()
 		}
-		p.st.n.Add(int64(d))
+		p.st.count(dn, dt)
 		return nil
 	}
 	w := int(it.shard) % len(p.work)
@@ -256,10 +233,18 @@ func (p *parallelLoad[V]) add(it loadItem) error {
 	return nil
 }
 
-// record applies r, or queues it, like add; at is its log offset + 1, or
-// 0. r must not change until then (see copy).
-func (p *parallelLoad[V]) record(r dataRecord, at uint64) error {
-	return p.add(loadItem{key: r.key, raw: r.raw, del: r.t == frameDel, shard: p.st.shardOf(r.key), at: at})
+// record applies the writes of a data record, or queues them, like add;
+// at is its log offset + 1, or 0. The payload they alias must not change
+// until then (see copy). A TX's writes go to the workers of their shards
+// like any others: the store is private, so nobody sees it half applied,
+// and each key's writes still reach its map in order.
+func (p *parallelLoad[V]) record(ops []op, at uint64) error {
+	for _, o := range ops {
+		if err := p.add(loadItem{o: o, shard: p.st.shardOf(o.key), at: at}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (p *parallelLoad[V]) flush(w int) error {

@@ -42,7 +42,7 @@ func interleavedBackup(t *testing.T, seed uint64) ([]byte, map[string][]byte) {
 		} else {
 			v := value()
 			var err error
-			f, err = appendSetFrame(nil, k, v, DefaultMaxValueSize)
+			f, err = appendSetFrame(nil, k, v, 0, DefaultMaxValueSize)
 			require.NoError(t, err)
 			want[k] = v
 		}
@@ -57,7 +57,7 @@ func interleavedBackup(t *testing.T, seed uint64) ([]byte, map[string][]byte) {
 			continue
 		}
 		k, v := fmt.Sprintf("k%d", rng.IntN(300)), value()
-		require.NoError(t, addEntry(&sw, k, v))
+		require.NoError(t, addEntry(&sw, k, v, 0))
 		want[k] = v
 	}
 	// Records that END's offset takes in, then END, then the rest.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Primary owns the authoritative copy of a map and replicates every write
@@ -28,6 +29,10 @@ type Primary[V any] struct {
 	// rolls back rather than hold Close up.
 	closing     chan struct{}
 	closingOnce sync.Once
+
+	// stopped is closed when the handle is closed (isClosed is set): it
+	// stops the expiry goroutine.
+	stopped chan struct{}
 
 	// handoverMu orders Close and Demote, so that a Close never closes a
 	// node that a concurrent Demote is handing to a Replica.
@@ -129,9 +134,10 @@ func openPrimary[V any](cfg config, opts []Option, restored *dataset[V]) (*Prima
 
 // newPrimaryHandle makes a Primary the owner of n.
 func newPrimaryHandle[V any](n *node[V], cfg config) *Primary[V] {
-	p := &Primary[V]{n: n, cfg: cfg, closing: make(chan struct{})}
+	p := &Primary[V]{n: n, cfg: cfg, closing: make(chan struct{}), stopped: make(chan struct{})}
 	n.log.Store(cfg.logger.With("primary", n.data().hist.replID[:8]))
 	n.setOwner(p, rolePrimary)
+	p.startExpiry()
 	return p
 }
 
@@ -196,6 +202,7 @@ func (p *Primary[V]) closeHandle() {
 	if !p.isClosed.Swap(true) {
 		p.n.waits.closeAll() // after isClosed is set: see WaitContext
 		p.n.durableWaits.closeAll()
+		close(p.stopped)
 	}
 }
 
@@ -243,34 +250,58 @@ func (p *Primary[V]) writable() error {
 	return nil
 }
 
-// Set stores value under key and queues the write for every replica. It
-// returns ErrTooLarge for a key or encoded value over the limits (nothing
-// is written), an encoding error for a value msgpack cannot encode,
+// Set stores value under key and queues the write for every replica. A
+// deadline the key had ([Primary.SetTTL]) is cleared. It returns
+// ErrTooLarge for a key or encoded value over the limits (nothing is
+// written), an encoding error for a value msgpack cannot encode,
 // ErrStaleEpoch once the primary has been superseded, ErrNotEnoughReplicas
 // under [WithMinReplicas], and ErrClosed after Close. The caller must not
 // change value afterwards, unless it is a []byte, which Set copies.
 func (p *Primary[V]) Set(key string, value V) error {
+	return p.set(key, value, 0)
+}
+
+// SetTTL stores value under key, as Set does, to expire ttl from now: from
+// then on no read on the primary or a replica returns it, and the primary
+// deletes it, replicating the deletion like a Delete's. The deadline is
+// absolute (this node's clock), so it holds across full syncs, restarts
+// from a data directory and failovers; replicas compare it with their own
+// clocks. A ttl that is not positive is ErrInvalidTTL.
+func (p *Primary[V]) SetTTL(key string, value V, ttl time.Duration) error {
+	at, err := deadline(ttl)
+	if err != nil {
+		return err
+	}
+	return p.set(key, value, at)
+}
+
+// deadline returns the deadline ttl from now, in Unix nanoseconds.
+func deadline(ttl time.Duration) (int64, error) {
+	if ttl <= 0 {
+		return 0, fmt.Errorf("%w: %v", ErrInvalidTTL, ttl)
+	}
+	return now() + int64(ttl), nil
+}
+
+// set is Set with a deadline (0 for none).
+func (p *Primary[V]) set(key string, value V, at int64) error {
 	if err := checkKey(key, p.cfg.maxKeySize); err != nil {
 		return err
 	}
 	buf := p.frameBuf()
-	frame, err := appendSetFrame((*buf)[:0], key, value, p.cfg.maxValueSize)
+	frame, err := appendSetFrame((*buf)[:0], key, value, at, p.cfg.maxValueSize)
 	if err == nil {
 		// Encoding and, for []byte values, packing happen before the
 		// write lock, so concurrent writers do that work in parallel.
 		n := p.n
-		d := n.data()
-		var packedKey string
-		var packed *byte
-		if d.store.packed {
-			packedKey, packed = d.store.packEntry(key, value)
-		}
+		var d *dataset[V]
+		pre := n.data().store
+		w := pre.setWrite(key, value, at)
 		if d, err = p.lockForWrite(); err == nil {
-			if packed != nil {
-				d.store.setPacked(packedKey, packed)
-			} else {
-				d.store.set(key, value)
+			if d.store != pre {
+				w.sh = d.store.shardIndex(key) // the data was replaced meanwhile
 			}
+			d.store.apply(&w)
 			err = n.appendRecord(d, frame, nil)
 			end := d.offset()
 			n.writeMu.Unlock()

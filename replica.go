@@ -507,6 +507,8 @@ type replicaSession[V any] struct {
 	// backup format, as the data directory's next generation gen.
 	snap *snapshotFile
 	gen  uint64
+
+	ops []op // scratch for the record being applied
 }
 
 // next reads a frame and notes the I/O: when the bytes read so far are
@@ -743,16 +745,18 @@ func (s *replicaSession[V]) startStreaming() {
 
 // apply applies one data record to the target data and appends its bytes
 // to the target's backlog, under the node's write lock, so that the
-// bytes sub-replicas get are exactly the ones received.
+// bytes sub-replicas get are exactly the ones received. A TX is applied
+// whole or, if a value in it does not decode, not at all.
 func (s *replicaSession[V]) apply(t frameType, payload []byte) error {
 	r, n := s.r, s.n
-	rec, err := parseRecord(t, payload, r.cfg.maxKeySize, r.cfg.maxValueSize)
+	var err error
+	s.ops, err = parseOps(s.ops[:0], t, payload, r.cfg.maxKeySize, r.cfg.maxValueSize)
 	if err != nil {
 		return err
 	}
 	head, rest := s.fr.raw()
 	n.writeMu.Lock()
-	if err := applyRecord(s.target.store, rec); err != nil {
+	if err := applyOps(s.target.store, s.ops); err != nil {
 		n.writeMu.Unlock()
 		return err
 	}
@@ -788,19 +792,19 @@ func (s *replicaSession[V]) stream() error {
 		if err != nil {
 			return err
 		}
-		if s.snap != nil && (t == frameSet || t == frameDel || t == frameChunk || t == frameEnd) {
+		if s.snap != nil && (isDataRecord(t) || t == frameChunk || t == frameChunkX || t == frameEnd) {
 			s.tee()
 		}
 		switch t {
-		case frameSet, frameDel:
+		case frameSet, frameDel, frameSetX, frameTx:
 			if err := s.apply(t, payload); err != nil {
 				return err
 			}
-		case frameChunk:
+		case frameChunk, frameChunkX:
 			if s.loader == nil {
 				return fmt.Errorf("%w: %s outside a snapshot", ErrProtocol, t)
 			}
-			if err := s.loader.chunk(payload); err != nil {
+			if err := s.loader.chunk(t, payload); err != nil {
 				return err
 			}
 			r.syncKeys.Store(int64(s.loader.count))

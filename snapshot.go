@@ -18,7 +18,8 @@ import (
 // writers go on, so it may see some writes made after O. Once a replica
 // has applied the stream from O up to E, its copy equals the primary's at
 // E, since every write is a blind Set or Delete and replaying one is
-// harmless.
+// harmless. Entries carry their deadlines, including those already due:
+// the primary's deletion of such a key is in the stream, or yet to come.
 //
 // The stream is not held back until END: between shards, once the copied
 // entries have been written, the link sends the records written so far.
@@ -49,9 +50,9 @@ func (l *link[V]) sendSnapshot(ctx context.Context, w *bufio.Writer) (end uint64
 		if err := ctx.Err(); err != nil {
 			return 0, context.Cause(ctx)
 		}
-		entries = d.store.copyShard(i, entries[:0])
+		entries = d.store.copyShard(i, entries[:0], 0)
 		for _, e := range entries {
-			if err := addEntry(&sw, e.key, e.value); err != nil {
+			if err := addEntry(&sw, e.key, e.value, e.at); err != nil {
 				return 0, err
 			}
 		}
@@ -85,19 +86,19 @@ func chunkLimit(maxFrame int) int {
 	return max(1, min(snapshotChunkSize, maxFrame-frameOverhead))
 }
 
-// snapshotWriter packs snapshot entries into CHUNK frames of about
-// snapshotChunkSize bytes and writes each as it fills, so a snapshot is
-// never held in memory whole.
+// snapshotWriter packs snapshot entries into CHUNK frames (CHUNKX for
+// those with a deadline) of about snapshotChunkSize bytes and writes each
+// as it fills, so a snapshot is never held in memory whole.
 type snapshotWriter struct {
-	w     io.Writer
-	limit int    // payload bytes a CHUNK may hold (0: snapshotChunkSize)
-	frame []byte // the CHUNK being filled
-	value []byte // scratch for one encoded value
-	crc   uint32
-	count uint64
+	w      io.Writer
+	limit  int       // payload bytes a chunk may hold (0: snapshotChunkSize)
+	frames [2][]byte // the CHUNK and the CHUNKX being filled
+	value  []byte    // scratch for one encoded value
+	crc    uint32
+	count  uint64
 }
 
-func addEntry[V any](s *snapshotWriter, key string, v V) error {
+func addEntry[V any](s *snapshotWriter, key string, v V, at int64) error {
 	var err error
 	if s.value, err = appendValue(s.value[:0], v); err != nil {
 		return err
@@ -106,36 +107,57 @@ func addEntry[V any](s *snapshotWriter, key string, v V) error {
 	if limit <= 0 {
 		limit = snapshotChunkSize
 	}
+	k, t := 0, frameChunk
 	size := uvarintLen(uint64(len(key))) + len(key) + uvarintLen(uint64(len(s.value))) + len(s.value)
-	if len(s.frame) > 0 && len(s.frame)-frameHeaderSize+size > limit {
-		if err := s.flush(); err != nil {
+	if at != 0 {
+		k, t = 1, frameChunkX
+		size += 8
+	}
+	if f := s.frames[k]; len(f) > 0 && len(f)-frameHeaderSize+size > limit {
+		if err := s.flushFrame(k); err != nil {
 			return err
 		}
 	}
-	if len(s.frame) == 0 {
-		s.frame = beginFrame(s.frame, frameChunk)
+	f := s.frames[k]
+	if len(f) == 0 {
+		f = beginFrame(f, t)
 	}
-	s.frame = appendString(s.frame, key)
-	s.frame = binary.AppendUvarint(s.frame, uint64(len(s.value)))
-	s.frame = append(s.frame, s.value...)
+	if at != 0 {
+		f = binary.BigEndian.AppendUint64(f, uint64(at))
+	}
+	f = appendString(f, key)
+	f = binary.AppendUvarint(f, uint64(len(s.value)))
+	f = append(f, s.value...)
+	s.frames[k] = f
 	s.count++
-	if len(s.frame)-frameHeaderSize >= limit {
-		return s.flush()
+	if len(f)-frameHeaderSize >= limit {
+		return s.flushFrame(k)
 	}
 	return nil
 }
 
+// flush writes the chunks being filled.
 func (s *snapshotWriter) flush() error {
-	if len(s.frame) == 0 {
+	for k := range s.frames {
+		if err := s.flushFrame(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *snapshotWriter) flushFrame(k int) error {
+	f := s.frames[k]
+	if len(f) == 0 {
 		return nil
 	}
-	s.crc = crc32.Update(s.crc, castagnoli, s.frame[frameHeaderSize:])
-	s.frame = endFrame(s.frame, 0)
-	_, err := s.w.Write(s.frame)
-	if cap(s.frame) > 4*snapshotChunkSize {
-		s.frame = nil // one huge value: do not keep its buffer
+	s.crc = crc32.Update(s.crc, castagnoli, f[frameHeaderSize:])
+	f = endFrame(f, 0)
+	_, err := s.w.Write(f)
+	if cap(f) > 4*snapshotChunkSize {
+		f = nil // one huge value: do not keep its buffer
 	}
-	s.frame = s.frame[:0]
+	s.frames[k] = f[:0]
 	return err
 }
 
@@ -182,8 +204,8 @@ func sizeHint(keys uint64, maxBytes int64) int {
 	return int(min(keys, uint64(maxBytes/minEntryBytes)))
 }
 
-// chunk loads one CHUNK payload.
-func (s *snapshotLoader[V]) chunk(payload []byte) error {
+// chunk loads one CHUNK or CHUNKX payload.
+func (s *snapshotLoader[V]) chunk(t frameType, payload []byte) error {
 	if s.bytes += int64(len(payload)); s.maxBytes > 0 && s.bytes > s.maxBytes {
 		return fmt.Errorf("%w: snapshot of more than %d bytes exceeds the %d-byte limit", ErrTooLarge, s.bytes, s.maxBytes)
 	}
@@ -193,16 +215,23 @@ func (s *snapshotLoader[V]) chunk(payload []byte) error {
 	}
 	p := parser{b: payload}
 	for len(p.b) > 0 {
-		key := p.bytes("snapshot key", s.maxKey)
-		raw := p.bytes("snapshot value", s.maxValue)
+		var o op
+		if t == frameChunkX {
+			o.at = p.deadline("snapshot deadline")
+		}
+		o.key = p.bytes("snapshot key", s.maxKey)
+		o.raw = p.bytes("snapshot value", s.maxValue)
 		if p.err != nil {
 			return p.err
 		}
 		var err error
 		if s.par != nil {
-			err = s.par.add(loadItem{key: key, raw: raw, shard: s.store.shardOf(key)})
+			err = s.par.add(loadItem{o: o, shard: s.store.shardOf(o.key)})
 		} else {
-			err = storeSet(s.store, key, raw)
+			var w write[V]
+			if w, err = recordWrite(s.store, o); err == nil {
+				s.store.apply(&w)
+			}
 		}
 		if err != nil {
 			return err

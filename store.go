@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -28,27 +29,36 @@ const shardCount = 256
 // caller copies).
 type store[V any] struct {
 	seed   maphash.Seed
-	n      atomic.Int64
-	packed bool // V is []byte: entries live in shard.p
+	n      atomic.Int64 // keys, expired ones included
+	ttls   atomic.Int64 // keys with a deadline
+	packed bool         // V is []byte: entries live in shard.p
 
 	// private is set while one goroutine alone has the store (a snapshot
 	// being loaded): writes then skip the shard locks. It is cleared
 	// before the store is published, by an atomic store or under a lock,
 	// which orders those writes before any reader's.
 	private bool
-	shards  [shardCount]shard[V]
+
+	// kick is sent to, without blocking, when a read meets a key whose
+	// deadline has passed: a primary's expiry goroutine then deletes it
+	// at once rather than at its next round.
+	kick chan struct{}
+
+	shards [shardCount]shard[V]
 }
 
 type shard[V any] struct {
-	mu sync.RWMutex
-	m  map[string]V     // unless packed
-	p  map[string]*byte // if packed: key -> the entry's length field (see pack)
-	_  [24]byte         // keep neighbouring shards off one cache line
+	mu  sync.RWMutex
+	m   map[string]V     // unless packed
+	p   map[string]*byte // if packed: key -> the entry's length field (see pack)
+	exp expiry           // the keys that have a deadline
+	_   [56]byte         // keep neighbouring shards off one cache line
 }
 
 type entry[V any] struct {
 	key   string
 	value V
+	at    int64 // deadline in Unix nanoseconds; 0 for none
 }
 
 func newStore[V any]() *store[V] { return newStoreSized[V](0) }
@@ -56,7 +66,7 @@ func newStore[V any]() *store[V] { return newStoreSized[V](0) }
 // newStoreSized returns a store with room for about keys entries, so that
 // loading them does not grow and rehash its maps.
 func newStoreSized[V any](keys int) *store[V] {
-	s := &store[V]{seed: maphash.MakeSeed()}
+	s := &store[V]{seed: maphash.MakeSeed(), kick: make(chan struct{}, 1)}
 	_, s.packed = any((*V)(nil)).(*[]byte)
 	per := 0
 	if keys > 0 {
@@ -73,7 +83,11 @@ func newStoreSized[V any](keys int) *store[V] {
 }
 
 func (s *store[V]) shard(key string) *shard[V] {
-	return &s.shards[maphash.String(s.seed, key)%shardCount]
+	return &s.shards[s.shardIndex(key)]
+}
+
+func (s *store[V]) shardIndex(key string) uint16 {
+	return uint16(maphash.String(s.seed, key) % shardCount)
 }
 
 // shardOf returns the index of key's shard.
@@ -81,16 +95,34 @@ func (s *store[V]) shardOf(key []byte) uint16 {
 	return uint16(maphash.Bytes(s.seed, key) % shardCount)
 }
 
+// now is the clock deadlines are read against.
+func now() int64 { return time.Now().UnixNano() }
+
 func (s *store[V]) get(key string) (V, bool) {
 	sh := s.shard(key)
+	var v V
+	var ok bool
 	sh.mu.RLock()
 	if s.packed {
-		e, ok := sh.p[key]
-		sh.mu.RUnlock()
-		return s.value(e), ok
+		var e *byte
+		if e, ok = sh.p[key]; ok {
+			v = s.value(e)
+		}
+	} else {
+		v, ok = sh.m[key]
 	}
-	v, ok := sh.m[key]
+	expired := false
+	if ok && len(sh.exp.heap) > 0 {
+		if at, has := sh.exp.deadline(key); has && at <= now() {
+			expired = true
+		}
+	}
 	sh.mu.RUnlock()
+	if expired {
+		s.expiredRead()
+		var zero V
+		return zero, false
+	}
 	return v, ok
 }
 
@@ -104,95 +136,266 @@ func (s *store[V]) value(e *byte) V {
 	return v
 }
 
-func (s *store[V]) set(key string, v V) {
-	if s.packed {
-		s.setPacked(s.packEntry(key, v))
-		return
-	}
-	sh := s.shard(key)
-	if put(s.private, &sh.mu, sh.m, key, v) {
-		s.n.Add(1)
-	}
-}
-
-// packEntry packs key and v, which is a []byte, for setPacked. Packed
-// stores only.
+// packEntry packs key and v, which is a []byte, for a packed store.
 func (s *store[V]) packEntry(key string, v V) (string, *byte) {
 	b := *(*[]byte)(unsafe.Pointer(&v))
 	return pack(key, b, b == nil)
 }
 
-// setBytes stores a []byte value given as wire bytes, without a
-// conversion to string or an intermediate copy. It is for packed stores;
-// isNil tells a nil value from an empty one.
-func (s *store[V]) setBytes(key, value []byte, isNil bool) {
-	s.setPacked(pack(key, value, isNil))
+// write is one change to a store, prepared outside any lock: a set of
+// key (over the packed entry e, in a packed store) to v with the deadline
+// at (0 for none), or a deletion.
+type write[V any] struct {
+	key string
+	v   V
+	e   *byte
+	at  int64
+	del bool
+	sh  uint16
 }
 
-func (s *store[V]) setPacked(key string, e *byte) {
-	// Assigning to a present string key replaces the key too, so the old
-	// entry is released whole.
-	sh := s.shard(key)
-	if put(s.private, &sh.mu, sh.p, key, e) {
-		s.n.Add(1)
+// setWrite prepares a set of key to v with the deadline at (0: none). A
+// packed store's []byte value is copied here.
+func (s *store[V]) setWrite(key string, v V, at int64) write[V] {
+	w := write[V]{key: key, at: at, sh: s.shardIndex(key)}
+	if s.packed {
+		w.key, w.e = s.packEntry(key, v)
+	} else {
+		w.v = v
+	}
+	return w
+}
+
+// delWrite prepares the deletion of key.
+func (s *store[V]) delWrite(key string) write[V] {
+	return write[V]{key: key, del: true, sh: s.shardIndex(key)}
+}
+
+// recordWrite prepares a record's write, decoding its value (for a packed
+// store, taking the bytes straight from the wire: no decoder, one
+// allocation). A value that does not decode is an error.
+func recordWrite[V any](s *store[V], o op) (write[V], error) {
+	w := write[V]{at: o.at, del: o.del, sh: s.shardOf(o.key)}
+	switch {
+	case o.del:
+		w.key = string(o.key)
+	case s.packed:
+		b, err := readMsgpackRaw(o.raw)
+		if err != nil {
+			return w, err
+		}
+		w.key, w.e = pack(o.key, b, b == nil)
+	default:
+		v, err := decodeValue[V](o.raw)
+		if err != nil {
+			return w, err
+		}
+		w.key, w.v = string(o.key), v
+	}
+	return w, nil
+}
+
+// apply makes one write and reports whether its key was there before.
+func (s *store[V]) apply(w *write[V]) bool {
+	sh := &s.shards[w.sh]
+	if !s.private {
+		sh.mu.Lock()
+	}
+	existed, dn, dt := s.applyLocked(sh, w)
+	if !s.private {
+		sh.mu.Unlock()
+	}
+	s.count(dn, dt)
+	return existed
+}
+
+func (s *store[V]) count(dn, dt int) {
+	if dn != 0 {
+		s.n.Add(int64(dn))
+	}
+	if dt != 0 {
+		s.ttls.Add(int64(dt))
 	}
 }
 
-// put sets m[key] = e under mu (unless the store is private) and reports
-// whether key is new.
-func put[E any](private bool, mu *sync.RWMutex, m map[string]E, key string, e E) bool {
-	if private {
-		n := len(m)
-		m[key] = e
-		return len(m) != n
+// applyAll makes the writes, in order, as one: it holds the lock of every
+// shard they touch (taken in shard order) from the first to the last, and
+// counts the keys before it lets go, so a reader sees none of them or all.
+func (s *store[V]) applyAll(ws []write[V]) {
+	var touched [shardCount / 64]uint64
+	for i := range ws {
+		touched[ws[i].sh/64] |= 1 << (ws[i].sh % 64)
 	}
-	mu.Lock()
-	n := len(m)
-	m[key] = e
-	grew := len(m) != n
-	mu.Unlock()
-	return grew
+	lock := func(f func(*sync.RWMutex)) {
+		if s.private {
+			return
+		}
+		for word, bitsSet := range touched {
+			for bitsSet != 0 {
+				b := bits.TrailingZeros64(bitsSet)
+				bitsSet &^= 1 << b
+				f(&s.shards[word*64+b].mu)
+			}
+		}
+	}
+	lock((*sync.RWMutex).Lock)
+	var dn, dt int
+	for i := range ws {
+		_, n, t := s.applyLocked(&s.shards[ws[i].sh], &ws[i])
+		dn, dt = dn+n, dt+t
+	}
+	s.count(dn, dt)
+	lock((*sync.RWMutex).Unlock)
+}
+
+// applyLocked makes w in sh, whose lock the caller holds (unless the store
+// is private). It reports whether the key was there before, and by how
+// much the key count and the count of keys with a deadline change.
+func (s *store[V]) applyLocked(sh *shard[V], w *write[V]) (existed bool, dn, dt int) {
+	if w.del {
+		if s.packed {
+			if _, existed = sh.p[w.key]; existed {
+				delete(sh.p, w.key)
+			}
+		} else if _, existed = sh.m[w.key]; existed {
+			delete(sh.m, w.key)
+		}
+		if existed {
+			dn = -1
+		}
+	} else {
+		// Assigning to a present string key replaces the key too, so a
+		// packed entry replaced is released whole.
+		if s.packed {
+			n := len(sh.p)
+			sh.p[w.key] = w.e
+			existed = len(sh.p) == n
+		} else {
+			n := len(sh.m)
+			sh.m[w.key] = w.v
+			existed = len(sh.m) == n
+		}
+		if !existed {
+			dn = 1
+		}
+	}
+	switch {
+	case w.at != 0 && !w.del:
+		if sh.exp.set(w.key, w.at) {
+			dt = 1
+		}
+	case len(sh.exp.heap) > 0:
+		if sh.exp.remove(w.key) {
+			dt = -1
+		}
+	}
+	return existed, dn, dt
 }
 
 // delete removes key and reports whether it was there.
 func (s *store[V]) delete(key string) bool {
-	ok := s.deleteIn(s.shard(key), key)
-	if ok {
-		s.n.Add(-1)
-	}
-	return ok
+	w := s.delWrite(key)
+	return s.apply(&w)
 }
 
-// deleteIn removes key from sh, which is its shard, and reports whether it
-// was there, leaving s.n to the caller.
-func (s *store[V]) deleteIn(sh *shard[V], key string) bool {
-	sh.mu.Lock()
+// set stores v under key, without a deadline.
+func (s *store[V]) set(key string, v V) {
+	w := s.setWrite(key, v, 0)
+	s.apply(&w)
+}
+
+// contains reports whether key is in the store, whether or not its
+// deadline has passed.
+func (s *store[V]) contains(key string) bool {
+	sh := s.shard(key)
+	sh.mu.RLock()
 	var ok bool
 	if s.packed {
-		if _, ok = sh.p[key]; ok {
-			delete(sh.p, key)
-		}
-	} else if _, ok = sh.m[key]; ok {
-		delete(sh.m, key)
+		_, ok = sh.p[key]
+	} else {
+		_, ok = sh.m[key]
 	}
-	sh.mu.Unlock()
+	sh.mu.RUnlock()
 	return ok
 }
 
-func (s *store[V]) len() int { return int(s.n.Load()) }
+// len returns the number of keys, less those whose deadline has passed.
+func (s *store[V]) len() int {
+	n := int(s.n.Load())
+	if s.ttls.Load() == 0 {
+		return n
+	}
+	t := now()
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		if len(sh.exp.heap) > 0 && sh.exp.heap[0].at <= t {
+			n -= sh.exp.countDue(0, t)
+		}
+		sh.mu.RUnlock()
+	}
+	return max(n, 0)
+}
 
-// copyShard appends shard i's entries to buf under its read lock. Values
+// ttl returns the time key has left: (remaining, true) with a deadline,
+// (0, true) without one, (0, false) for a key missing or expired.
+func (s *store[V]) ttl(key string) (time.Duration, bool) {
+	sh := s.shard(key)
+	sh.mu.RLock()
+	var ok bool
+	if s.packed {
+		_, ok = sh.p[key]
+	} else {
+		_, ok = sh.m[key]
+	}
+	at, has := sh.exp.deadline(key)
+	sh.mu.RUnlock()
+	switch {
+	case !ok:
+		return 0, false
+	case !has:
+		return 0, true
+	}
+	left := time.Duration(at - now())
+	if left <= 0 {
+		s.expiredRead()
+		return 0, false
+	}
+	return left, true
+}
+
+// expiredRead tells the expiry goroutine, if any, that a read met a key
+// whose deadline has passed.
+func (s *store[V]) expiredRead() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// copyShard appends shard i's entries to buf under its read lock, with
+// their deadlines; if t is not 0, it leaves out those due at t. Values
 // are shared, not copied: callers promise not to change a value after Set.
-func (s *store[V]) copyShard(i int, buf []entry[V]) []entry[V] {
+func (s *store[V]) copyShard(i int, buf []entry[V], t int64) []entry[V] {
 	sh := &s.shards[i]
 	sh.mu.RLock()
+	ttl := len(sh.exp.heap) > 0
+	add := func(k string, v V) {
+		var at int64
+		if ttl {
+			if at, _ = sh.exp.deadline(k); at != 0 && t != 0 && at <= t {
+				return
+			}
+		}
+		buf = append(buf, entry[V]{k, v, at})
+	}
 	if s.packed {
 		for k, e := range sh.p {
-			buf = append(buf, entry[V]{k, s.value(e)})
+			add(k, s.value(e))
 		}
 	} else {
 		for k, v := range sh.m {
-			buf = append(buf, entry[V]{k, v})
+			add(k, v)
 		}
 	}
 	sh.mu.RUnlock()
@@ -202,12 +405,13 @@ func (s *store[V]) copyShard(i int, buf []entry[V]) []entry[V] {
 // all walks the store a shard at a time, yielding outside the locks so
 // the loop body may call back into the store. Like ranging over a map
 // being written, it sees each key at most once and may or may not see
-// writes made during the walk.
+// writes made during the walk. Keys whose deadline has passed when their
+// shard is copied are left out.
 func (s *store[V]) all() iter.Seq2[string, V] {
 	return func(yield func(string, V) bool) {
 		var buf []entry[V]
 		for i := range s.shards {
-			buf = s.copyShard(i, buf[:0])
+			buf = s.copyShard(i, buf[:0], now())
 			for _, e := range buf {
 				if !yield(e.key, e.value) {
 					return
@@ -215,6 +419,168 @@ func (s *store[V]) all() iter.Seq2[string, V] {
 			}
 		}
 	}
+}
+
+// dueKeys appends to dst up to limit keys of shard i whose deadline is at
+// or before t.
+func (s *store[V]) dueKeys(i int, t int64, dst []string, limit int) []string {
+	sh := &s.shards[i]
+	sh.mu.RLock()
+	if len(sh.exp.heap) > 0 && sh.exp.heap[0].at <= t {
+		dst = sh.exp.appendDue(0, t, dst, limit)
+	}
+	sh.mu.RUnlock()
+	return dst
+}
+
+// expire deletes key if its deadline is at or before t, and reports
+// whether it did. The caller serialises writes.
+func (s *store[V]) expire(key string, t int64) bool {
+	w := s.delWrite(key)
+	sh := &s.shards[w.sh]
+	sh.mu.Lock()
+	at, has := sh.exp.deadline(key)
+	var existed bool
+	var dn, dt int
+	if has && at <= t {
+		existed, dn, dt = s.applyLocked(sh, &w)
+	}
+	sh.mu.Unlock()
+	s.count(dn, dt)
+	return existed
+}
+
+// expiry indexes the keys of a shard that have a deadline: a binary
+// min-heap ordered by deadline, and each key's place in it, so that the
+// next key due is at the top, a deadline is found or changed in O(log n),
+// and the keys due at a time are found without looking at the others. A
+// shard without such keys holds neither.
+type expiry struct {
+	idx  map[string]int32
+	heap []expItem
+}
+
+type expItem struct {
+	key string
+	at  int64
+}
+
+// deadline returns key's deadline, if it has one.
+func (x *expiry) deadline(key string) (int64, bool) {
+	if len(x.heap) == 0 {
+		return 0, false
+	}
+	i, ok := x.idx[key]
+	if !ok {
+		return 0, false
+	}
+	return x.heap[i].at, true
+}
+
+// set gives key the deadline at and reports whether it had none. The key
+// string is stored as given, replacing the one held (for a packed store,
+// the one over the entry now in the map).
+func (x *expiry) set(key string, at int64) bool {
+	if i, ok := x.idx[key]; ok {
+		x.idx[key] = i
+		x.heap[i] = expItem{key, at}
+		x.fix(int(i))
+		return false
+	}
+	if x.idx == nil {
+		x.idx = make(map[string]int32)
+	}
+	i := len(x.heap)
+	x.heap = append(x.heap, expItem{key, at})
+	x.idx[key] = int32(i)
+	x.up(i)
+	return true
+}
+
+// remove takes key's deadline away and reports whether it had one.
+func (x *expiry) remove(key string) bool {
+	i, ok := x.idx[key]
+	if !ok {
+		return false
+	}
+	delete(x.idx, key)
+	last := len(x.heap) - 1
+	if int(i) != last {
+		x.heap[i] = x.heap[last]
+		x.idx[x.heap[i].key] = i
+	}
+	x.heap[last] = expItem{}
+	x.heap = x.heap[:last]
+	if len(x.heap) == 0 {
+		x.idx, x.heap = nil, nil
+	} else if int(i) != last {
+		x.fix(int(i))
+	}
+	return true
+}
+
+func (x *expiry) fix(i int) {
+	if !x.down(i) {
+		x.up(i)
+	}
+}
+
+func (x *expiry) up(j int) {
+	h := x.heap
+	for j > 0 {
+		i := (j - 1) / 2
+		if h[i].at <= h[j].at {
+			break
+		}
+		x.swap(i, j)
+		j = i
+	}
+}
+
+func (x *expiry) down(i0 int) bool {
+	h := x.heap
+	i := i0
+	for {
+		j := 2*i + 1
+		if j >= len(h) {
+			break
+		}
+		if r := j + 1; r < len(h) && h[r].at < h[j].at {
+			j = r
+		}
+		if h[i].at <= h[j].at {
+			break
+		}
+		x.swap(i, j)
+		i = j
+	}
+	return i > i0
+}
+
+func (x *expiry) swap(i, j int) {
+	h := x.heap
+	h[i], h[j] = h[j], h[i]
+	x.idx[h[i].key] = int32(i)
+	x.idx[h[j].key] = int32(j)
+}
+
+// countDue returns how many keys in the subheap at i are due at t. It
+// visits only those and their children: O(due).
+func (x *expiry) countDue(i int, t int64) int {
+	if i >= len(x.heap) || x.heap[i].at > t {
+		return 0
+	}
+	return 1 + x.countDue(2*i+1, t) + x.countDue(2*i+2, t)
+}
+
+// appendDue appends up to limit keys of the subheap at i that are due at t.
+func (x *expiry) appendDue(i int, t int64, dst []string, limit int) []string {
+	if i >= len(x.heap) || x.heap[i].at > t || len(dst) >= limit {
+		return dst
+	}
+	dst = append(dst, x.heap[i].key)
+	dst = x.appendDue(2*i+1, t, dst, limit)
+	return x.appendDue(2*i+2, t, dst, limit)
 }
 
 // pack lays out a []byte entry in one allocation: the key's bytes, then a

@@ -45,7 +45,7 @@ func TestPackedStoreRoundTrip(t *testing.T) {
 	// The wire path stores the same thing.
 	w := newStore[[]byte]()
 	for k, v := range values {
-		require.NoError(t, storeSet(w, []byte(k), appendMsgpackBin(nil, v)))
+		require.NoError(t, applyOps(w, []op{{key: []byte(k), raw: appendMsgpackBin(nil, v)}}))
 	}
 	for k, want := range values {
 		got, _ := w.get(k)

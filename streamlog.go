@@ -376,7 +376,7 @@ func validFrame(b []byte, maxFrame int) (int, bool) {
 	if n < 1 || n > maxFrame+1 || len(b) < n+4+frameCRCSize {
 		return 0, false
 	}
-	if t := frameType(b[4]); t != frameSet && t != frameDel {
+	if !isDataRecord(frameType(b[4])) {
 		return 0, false
 	}
 	if crc32.Checksum(b[:n+4], castagnoli) != binary.BigEndian.Uint32(b[n+4:]) {

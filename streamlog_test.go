@@ -82,7 +82,7 @@ func testFrames(t testing.TB, n int) [][]byte {
 	frames := make([][]byte, n)
 	for i := range frames {
 		var err error
-		frames[i], err = appendSetFrame(nil, "key"+strconv.Itoa(i), "value "+strconv.Itoa(i), DefaultMaxValueSize)
+		frames[i], err = appendSetFrame(nil, "key"+strconv.Itoa(i), "value "+strconv.Itoa(i), 0, DefaultMaxValueSize)
 		require.NoError(t, err)
 	}
 	return frames
