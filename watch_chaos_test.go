@@ -53,6 +53,23 @@ func (w *watchLog) hook(t *testing.T) func(frame []byte, end uint64) {
 	}
 }
 
+// stats counts the records, those of several writes, and the deletions.
+func (w *watchLog) stats() (records, multi, deletes int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, rec := range w.records {
+		if len(rec.events) > 1 {
+			multi++
+		}
+		for _, ev := range rec.events {
+			if ev.Deleted {
+				deletes++
+			}
+		}
+	}
+	return len(w.records), multi, deletes
+}
+
 // want returns the events a watch of prefix from offset from up to
 // offset to must yield, in order.
 func (w *watchLog) want(prefix string, from, to uint64) []Event[string] {
@@ -210,6 +227,9 @@ func runWatchChaos(t *testing.T, seed uint64) {
 	}
 	close(stop)
 	wg.Wait()
+	// Every key with a TTL expires within milliseconds: once the primary
+	// has deleted them all, nothing more is written.
+	waitFor(t, "every key with a TTL deleted", func() bool { return p.n.data().store.ttls.Load() == 0 })
 	require.NoError(t, r.WaitOffset(ctx, p.Offset()))
 	waitFor(t, "the watchers caught up", func() bool {
 		po, _ := pw.last()
@@ -222,19 +242,9 @@ func runWatchChaos(t *testing.T, seed uint64) {
 		return append([]Event[string](nil), c.events...)
 	}
 	assert.Equal(t, plog.want("a", pFrom, p.Offset()), cancel2(pw), "primary watcher, prefix a")
-	var updates, deletes int
-	for _, rec := range plog.records {
-		if len(rec.events) > 1 {
-			updates++
-		}
-		for _, ev := range rec.events {
-			if ev.Deleted {
-				deletes++
-			}
-		}
-	}
+	records, updates, deletes := plog.stats()
 	t.Logf("%d records (%d Updates, %d deletions, expiries among them), %d partial resyncs",
-		len(plog.records), updates, deletes, r.Info().PartialSyncs)
+		records, updates, deletes, r.Info().PartialSyncs)
 	require.Greater(t, updates, 0)
 	assert.Equal(t, 1, int(r.Info().FullSyncs), "the replica resumed partially every time")
 

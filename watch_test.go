@@ -104,6 +104,8 @@ func TestWatchErrors(t *testing.T) {
 	big := strings.Repeat("x", 1000)
 	for i := 0; p.Info().BacklogFirst <= ev.Offset; i++ {
 		require.NoError(t, p.Set(fmt.Sprint("fill", i%100), big))
+		// The stalled watcher pins nothing: the backlog stays its size.
+		require.LessOrEqual(t, p.Info().BacklogBytes, MinBacklogSize+2*backlogBlockSize)
 	}
 	_, err, _ = next()
 	assert.ErrorIs(t, err, ErrCompacted)
