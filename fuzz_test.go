@@ -229,7 +229,7 @@ func FuzzRecord(f *testing.F) {
 			if err != nil {
 				return
 			}
-			if err := applyOps(st, ops); err != nil {
+			if _, err := applyOps(st, ops, nil); err != nil {
 				if v, ok := st.get("old"); st.len() != 1 || !ok || string(v) != "v" {
 					t.Fatalf("a %s that failed (%v) changed the store", typ, err)
 				}
