@@ -17,6 +17,7 @@
 //
 // Endpoints (JSON out; errors are {"error": "..."}):
 //
+//	GET    /kv?prefix=p        {"offset","items"}: the keys under p at one offset
 //	GET    /kv/{key}           the value, {"key","value"}; X-Replmap-Ttl when it expires
 //	PUT    /kv/{key}?ttl=30s   body = value; 204 with X-Replmap-Offset
 //	DELETE /kv/{key}           204 with X-Replmap-Offset
@@ -25,8 +26,16 @@
 //	                           (a null old: the key must be absent; a null new deletes it)
 //	POST   /sessions?ttl=30m   body = session data; 201 {"id","data"}
 //	GET    /sessions/{id}      the session, 404 once it expired; X-Replmap-Ttl = time left
-//	GET    /watch?prefix=p&from=N   Server-Sent Events, one per write after offset N
+//	GET    /watch?prefix=p&from=N   Server-Sent Events "put" and "delete", one per write
+//	                           under p after offset N (or after the listing at N), each
+//	                           {"key","value","deleted","offset"}; "relist" when the
+//	                           history is gone: list again and watch from the new offset
 //	GET    /healthz            {"role","offset","keys"} (and the replica's "state")
+//
+// A watch event's id ("41+2": the offset of the last whole write before
+// it, and how many changes of the next one were sent) resumes the stream
+// exactly, mid-Update too: a browser's EventSource sends it back as
+// Last-Event-ID when it reconnects, and from= takes one as well.
 //
 // A read that sends X-Replmap-Offset: N waits (up to -wait) until the
 // instance has applied offset N, and fails with 504 if it has not by then.

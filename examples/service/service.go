@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"maps"
 	"net/http"
 	"net/http/httputil"
@@ -48,6 +49,8 @@ type Node interface {
 	TTL(key string) (time.Duration, bool)
 	Len() int
 	Offset() uint64
+	List(ctx context.Context, prefix string) (map[string]string, uint64, error)
+	Watch(ctx context.Context, prefix string, from uint64) iter.Seq2[replmap.Event[string], error]
 }
 
 var (
@@ -129,6 +132,7 @@ func newService(n Node, cfg config) (*service, error) {
 	}
 	s.streams, s.endStreams = context.WithCancel(context.Background())
 
+	s.mux.HandleFunc("GET /kv", s.list)
 	s.mux.HandleFunc("GET /kv/{key...}", s.get)
 	s.mux.HandleFunc("PUT /kv/{key...}", s.write(s.put))
 	s.mux.HandleFunc("DELETE /kv/{key...}", s.write(s.delete))
@@ -136,6 +140,7 @@ func newService(n Node, cfg config) (*service, error) {
 	s.mux.HandleFunc("POST /cas/{key...}", s.write(s.cas))
 	s.mux.HandleFunc("POST /sessions", s.write(s.newSession))
 	s.mux.HandleFunc("GET /sessions/{id}", s.getSession)
+	s.mux.HandleFunc("GET /watch", s.watch)
 	s.mux.HandleFunc("GET /healthz", s.health)
 	return s, nil
 }
@@ -452,7 +457,8 @@ func statusOf(err error) int {
 		errors.Is(err, io.EOF), errors.Is(err, replmap.ErrInvalidTTL):
 		return http.StatusBadRequest
 	case errors.Is(err, replmap.ErrClosed), errors.Is(err, replmap.ErrNotEnoughReplicas),
-		errors.Is(err, replmap.ErrStaleEpoch), errors.Is(err, replmap.ErrReadOnly):
+		errors.Is(err, replmap.ErrStaleEpoch), errors.Is(err, replmap.ErrReadOnly),
+		errors.Is(err, replmap.ErrReplicaTooSlow):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError

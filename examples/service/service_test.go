@@ -43,11 +43,12 @@ type instance struct {
 	svc *service
 }
 
-func newCluster(t *testing.T) *cluster {
+// newCluster starts a primary with opts, and its instance.
+func newCluster(t *testing.T, opts ...replmap.Option) *cluster {
 	t.Helper()
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	t.Cleanup(tr.CloseIdleConnections)
-	p, err := replmap.NewPrimary[string]()
+	p, err := replmap.NewPrimary[string](opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	c := &cluster{t: t, net: transport.NewInmem(), p: p, client: &http.Client{Transport: tr}}
