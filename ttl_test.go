@@ -26,14 +26,6 @@ import (
 // that fall between two ticks let a test see a key hidden by reads
 // before the primary deletes it.
 
-// deadlineOf returns key's deadline in st, if it has one.
-func deadlineOf[V any](st *store[V], key string) (int64, bool) {
-	sh := st.shard(key)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	return sh.exp.deadline(key)
-}
-
 // deadlines returns every deadline in st.
 func deadlines[V any](st *store[V]) map[string]int64 {
 	out := make(map[string]int64)
