@@ -6,9 +6,15 @@ package replmap
 // cuts links, refuses dials, stalls or delays one direction, flips bits,
 // truncates connections mid-frame, restarts replicas and pauses the
 // primary's sends. Then it heals every fault and checks the recorded
-// history mechanically:
+// history mechanically. Writers issue Sets, Deletes, SetTTLs (with TTLs
+// far longer than a run: see chaosTTL) and Updates of several keys, sets
+// with and without a TTL and deletes mixed; the write hook decodes every
+// record, a TX as several writes at its one offset (decodeRecord), so the
+// checks below see an Update as the primary applied it:
 //
-//   - the primary's Set/Delete/Get history is linearizable (porcupine);
+//   - the primary's Set/Delete/Get history is linearizable (porcupine; an
+//     Update's writes are checked per key, each between its call and
+//     return);
 //   - every replica read shows the primary's state at some offset, and that
 //     offset never goes back for one replica and never runs ahead of the
 //     primary;
@@ -180,12 +186,48 @@ func (l *chaosLine) shared(to *chaosLine) (uint64, bool) {
 	return 0, false
 }
 
-// streamRecord is one write as the primary's write hook saw it.
+// streamRecord is one write as the primary's write hook saw it. A TX
+// record makes one per key it writes, all with its end.
 type streamRecord struct {
 	end   uint64 // offset after the record
 	key   string
 	value string
 	ok    bool // false for a delete
+	cont  bool // not the first write of its record
+}
+
+// decodeRecord returns the writes of a data record that ends at end: one
+// for a SET, SETX or DEL; for a TX, one per key it writes, the key's last
+// write in the TX (the state the record leaves), in the TX's order. The
+// suites' TTLs are far longer than a run, so every DEL is a client's.
+func decodeRecord(frame []byte, end uint64) ([]streamRecord, error) {
+	t := frameType(frame[4])
+	payload := frame[frameHeaderSize : len(frame)-frameCRCSize]
+	if !isDataRecord(t) {
+		return nil, fmt.Errorf("unexpected %s record", t)
+	}
+	ops, err := parseOps(nil, t, payload, DefaultMaxKeySize, DefaultMaxValueSize)
+	if err != nil {
+		return nil, fmt.Errorf("bad %s record: %w", t, err)
+	}
+	last := make(map[string]int, len(ops))
+	for i, o := range ops {
+		last[string(o.key)] = i
+	}
+	var recs []streamRecord
+	for i, o := range ops {
+		if last[string(o.key)] != i {
+			continue
+		}
+		rec := streamRecord{end: end, key: string(o.key), ok: !o.del, cont: len(recs) > 0}
+		if !o.del {
+			if rec.value, err = decodeValue[string](o.raw); err != nil {
+				return nil, fmt.Errorf("bad %s value: %w", t, err)
+			}
+		}
+		recs = append(recs, rec)
+	}
+	return recs, nil
 }
 
 // replicaSlot is one replica position; restarts put new instances in it.
@@ -421,25 +463,20 @@ func (c *chaosRun) count(kind string) {
 // recordWrite is a primary's write hook: it runs under the write lock, so
 // records arrive in stream order.
 func (c *chaosRun) recordWrite(line *chaosLine, frame []byte, end uint64) {
-	rec := streamRecord{end: end}
-	payload := frame[frameHeaderSize : len(frame)-frameCRCSize]
-	switch frameType(frame[4]) {
-	case frameSet:
-		ops, err := parseOps(nil, frameSet, payload, DefaultMaxKeySize, DefaultMaxValueSize)
-		if err == nil {
-			rec.value, err = decodeValue[string](ops[0].raw)
-		}
-		if err != nil {
-			c.fail("write hook: bad SET record: %v", err)
-			return
-		}
-		rec.key, rec.ok = string(ops[0].key), true
-	case frameDel:
-		rec.key = string(payload)
+	recs, err := decodeRecord(frame, end)
+	if err != nil {
+		c.fail("write hook: %v", err)
+		return
 	}
 	c.mu.Lock()
-	line.records = append(line.records, rec)
+	line.records = append(line.records, recs...)
 	c.writes++
+	switch frameType(frame[4]) {
+	case frameTx:
+		c.stats["TX records"]++
+	case frameSetX:
+		c.stats["SETX records"]++
+	}
 	c.mu.Unlock()
 }
 
@@ -451,6 +488,78 @@ type kvInput struct {
 	op    byte // 's'et, 'd'elete, 'g'et
 	key   string
 	value string
+}
+
+// chaosTTL is the TTL of the suites' SetTTL writes: far longer than a run,
+// so no key expires and every DEL in the stream is a client's. (The
+// checker does not model expiry; ttl_test.go covers it.) It makes the
+// writes SETX records and TX writes of kind 't', which full syncs carry as
+// CHUNKX and data directories keep.
+const chaosTTL = time.Hour
+
+// chaosWrite is one write a writer makes: a Set, a SetTTL, a Delete, or
+// an Update of several keys (each its own kvInput, with the Update's call
+// and return times: porcupine checks each key's history apart).
+type chaosWrite struct {
+	kind string // "set", "setttl", "delete", "update"
+	ins  []kvInput
+	ttl  []bool // for an update: which sets carry a TTL
+}
+
+// newChaosWrite draws a write from rng over keys k0..k(keys-1); values
+// are unique, prefixed with tag.
+func newChaosWrite(rng *rand.Rand, keys int, tag string) chaosWrite {
+	key := func() string { return "k" + strconv.Itoa(rng.IntN(keys)) }
+	switch n := rng.IntN(10); {
+	case n < 2:
+		return chaosWrite{kind: "delete", ins: []kvInput{{op: 'd', key: key()}}}
+	case n == 2:
+		return chaosWrite{kind: "setttl", ins: []kvInput{{op: 's', key: key(), value: tag}}}
+	case n == 3:
+		w := chaosWrite{kind: "update"}
+		perm := rng.Perm(keys)[:2+rng.IntN(3)]
+		for j, k := range perm {
+			in := kvInput{op: 's', key: "k" + strconv.Itoa(k), value: tag + "." + strconv.Itoa(j)}
+			if rng.IntN(4) == 0 {
+				in.op, in.value = 'd', ""
+			}
+			w.ins = append(w.ins, in)
+			w.ttl = append(w.ttl, in.op == 's' && rng.IntN(3) == 0)
+		}
+		return w
+	}
+	return chaosWrite{kind: "set", ins: []kvInput{{op: 's', key: key(), value: tag}}}
+}
+
+// apply makes w on p.
+func (w chaosWrite) apply(p *Primary[string]) error {
+	in := w.ins[0]
+	switch w.kind {
+	case "set":
+		return p.Set(in.key, in.value)
+	case "setttl":
+		return p.SetTTL(in.key, in.value, chaosTTL)
+	case "delete":
+		return p.Delete(in.key)
+	}
+	_, err := p.Update(func(tx *Tx[string]) error {
+		for i, in := range w.ins {
+			var err error
+			switch {
+			case in.op == 'd':
+				err = tx.Delete(in.key)
+			case w.ttl[i]:
+				err = tx.SetTTL(in.key, in.value, chaosTTL)
+			default:
+				err = tx.Set(in.key, in.value)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return err
 }
 
 type kvOutput struct {
@@ -489,30 +598,28 @@ func (c *chaosRun) record(client int, in kvInput, f func() (kvOutput, opOutcome)
 
 func (c *chaosRun) writer(ctx context.Context, id int, rng *rand.Rand) {
 	for seq := 0; ctx.Err() == nil; seq++ {
-		in := kvInput{op: 's', key: "k" + strconv.Itoa(rng.IntN(chaosKeys)), value: fmt.Sprintf("w%d-%d", id, seq)}
-		if rng.IntN(5) == 0 {
-			in.op = 'd'
-		}
+		w := newChaosWrite(rng, chaosKeys, fmt.Sprintf("w%d-%d", id, seq))
 		cp := c.primary()
-		c.record(id, in, func() (kvOutput, opOutcome) {
-			var err error
-			if in.op == 's' {
-				err = cp.p.Set(in.key, in.value)
-			} else {
-				err = cp.p.Delete(in.key)
-			}
-			switch {
-			case err == nil:
-			case cp.retired.Load() && errors.Is(err, ErrClosed):
-				return kvOutput{}, opNone // refused before writing anything
-			case cp.retired.Load():
-				c.count("writes failed by a restart")
-				return kvOutput{}, opUnknown
-			default:
-				c.fail("%c %s: %v", in.op, in.key, err)
-			}
-			return kvOutput{}, opDone
-		})
+		call := c.clock.Add(1)
+		err := w.apply(cp.p)
+		ret := c.clock.Add(1)
+		switch {
+		case err == nil:
+			c.count(w.kind + "s")
+		case cp.retired.Load() && errors.Is(err, ErrClosed):
+			pause(rng)
+			continue // refused before writing anything
+		case cp.retired.Load():
+			c.count("writes failed by a restart")
+			ret = unknownReturn
+		default:
+			c.fail("%s %v: %v", w.kind, w.ins, err)
+		}
+		c.mu.Lock()
+		for _, in := range w.ins {
+			c.ops = append(c.ops, porcupine.Operation{ClientId: id, Input: in, Call: call, Output: kvOutput{}, Return: ret})
+		}
+		c.mu.Unlock()
 		pause(rng)
 	}
 }

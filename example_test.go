@@ -237,3 +237,80 @@ func ExamplePrimary_WaitDurable() {
 	fmt.Println(n, err, r.Info().DurableOffset >= p.Offset())
 	// Output: 1 <nil> true
 }
+
+// Compare-and-swap falls out of Update: fn reads and writes under the
+// write lock, so nothing changes key between the check and the write.
+// The offset is the token to read the write back on a replica.
+func ExamplePrimary_Update() {
+	network := transport.NewInmem()
+	p, _ := replmap.NewPrimary[string]()
+	defer p.Close()
+	l, _ := network.Listen("primary")
+	go p.Serve(l)
+	r, _ := replmap.NewReplica[string](network, "primary")
+	defer r.Close()
+
+	// compareAndSwap sets key to new if it holds old.
+	compareAndSwap := func(key, old, new string) (swapped bool, offset uint64, err error) {
+		offset, err = p.Update(func(tx *replmap.Tx[string]) error {
+			if v, ok := tx.Get(key); !ok || v != old {
+				return nil // no writes: nothing is written
+			}
+			swapped = true
+			return tx.Set(key, new)
+		})
+		return swapped, offset, err
+	}
+
+	_ = p.Set("leader", "alice")
+	ok1, _, _ := compareAndSwap("leader", "alice", "bob")
+	ok2, _, _ := compareAndSwap("leader", "alice", "carol") // lost the race: bob is leader
+
+	// A bulk write: one record, applied as one on every replica.
+	off, _ := p.Update(func(tx *replmap.Tx[string]) error {
+		for _, k := range []string{"a", "b", "c"} {
+			if err := tx.Set(k, "1"); err != nil {
+				return err
+			}
+		}
+		return tx.Delete("leader")
+	})
+	_ = r.WaitOffset(context.Background(), off)
+	_, stillLeader := r.Get("leader")
+	fmt.Println(ok1, ok2, r.Len(), stillLeader)
+	// Output: true false 3 false
+}
+
+// A key that expires: TTL reports the time it has left, on the primary
+// and on replicas alike; Set without a TTL clears the deadline.
+func ExamplePrimary_SetTTL() {
+	network := transport.NewInmem()
+	p, _ := replmap.NewPrimary[string]()
+	defer p.Close()
+	l, _ := network.Listen("primary")
+	go p.Serve(l)
+	r, _ := replmap.NewReplica[string](network, "primary")
+	defer r.Close()
+
+	_ = p.SetTTL("session:42", "alice", 30*time.Minute)
+	_ = p.Set("config", "v1")
+	_ = r.WaitOffset(context.Background(), p.Offset())
+
+	left, ok := r.TTL("session:42")
+	fmt.Println(ok, left > 29*time.Minute && left <= 30*time.Minute)
+	left, ok = r.TTL("config") // no deadline
+	fmt.Println(left, ok)
+	_, ok = r.TTL("missing")
+	fmt.Println(ok)
+
+	_ = p.Set("session:42", "alice") // no TTL: the deadline goes
+	left, _ = p.TTL("session:42")
+	fmt.Println(left)
+	fmt.Println(errors.Is(p.SetTTL("x", "y", 0), replmap.ErrInvalidTTL))
+	// Output:
+	// true true
+	// 0s true
+	// false
+	// 0s
+	// true
+}

@@ -2,7 +2,8 @@ package replmap
 
 // The failover suite. Each run starts a primary and three replicas, each
 // replica reaching its primary through its own faultProxy, and drives
-// writers (some writes followed by Wait(1, a few ms)) and a reader that
+// writers (Sets, Deletes, SetTTLs and Updates of several keys, as in the
+// chaos suite; some followed by Wait(1, a few ms)) and a reader that
 // samples every node, while a schedule drawn from the run's seed injects
 // faults (cuts, refusals, stalls, delays, bit flips, truncations, a paused
 // primary) and, every few tens of milliseconds, fails the primary over the
@@ -471,38 +472,17 @@ func (c *failoverRun) recordWrite(m *foMember, frame []byte, end uint64) {
 	if id := m.n.data().hist.replID; id != h.replID {
 		c.fail("%s wrote at offset %d in history %.8s, registered as %.8s", m.name, end, id, h.replID)
 	}
-	rec, err := decodeFailoverRecord(frame, end)
+	recs, err := decodeRecord(frame, end)
 	if err != nil {
 		c.fail("write hook: %v", err)
 	}
 	if h.fenced.Load() {
-		c.fail("the stale primary of generation %d (epoch %d) wrote %s=%q at offset %d after refusing a write with ErrStaleEpoch",
-			h.gen, h.epoch, rec.key, rec.value, end)
+		c.fail("the stale primary of generation %d (epoch %d) wrote %v at offset %d after refusing a write with ErrStaleEpoch",
+			h.gen, h.epoch, recs, end)
 	}
 	h.mu.Lock()
-	h.records = append(h.records, rec)
+	h.records = append(h.records, recs...)
 	h.mu.Unlock()
-}
-
-func decodeFailoverRecord(frame []byte, end uint64) (streamRecord, error) {
-	rec := streamRecord{end: end}
-	payload := frame[frameHeaderSize : len(frame)-frameCRCSize]
-	switch t := frameType(frame[4]); t {
-	case frameSet:
-		ops, err := parseOps(nil, t, payload, DefaultMaxKeySize, DefaultMaxValueSize)
-		if err != nil {
-			return rec, fmt.Errorf("bad SET record: %w", err)
-		}
-		if rec.value, err = decodeValue[string](ops[0].raw); err != nil {
-			return rec, fmt.Errorf("bad SET value: %w", err)
-		}
-		rec.key, rec.ok = string(ops[0].key), true
-	case frameDel:
-		rec.key = string(payload)
-	default:
-		return rec, fmt.Errorf("unexpected %s record", t)
-	}
-	return rec, nil
 }
 
 // register records the history a primary starts.
@@ -625,33 +605,32 @@ func (c *failoverRun) writer(ctx context.Context, id int, pinned *foGen, rng *ra
 	}
 }
 
-// writeOnce makes one write to g, then perhaps waits for a replica.
+// writeOnce makes one write to g (a Set, SetTTL, Delete or an Update of
+// several keys), then perhaps waits for a replica.
 func (c *failoverRun) writeOnce(g *foGen, id, seq int, rng *rand.Rand) {
-	key := "k" + strconv.Itoa(rng.IntN(failoverKeys))
-	ack := foAck{hist: g.hist.replID, key: key, del: rng.IntN(6) == 0, gen: g.g}
-	var err error
-	if ack.del {
-		err = g.p.Delete(key)
-	} else {
-		ack.value = fmt.Sprintf("g%d.w%d.%d", g.g, id, seq)
-		err = g.p.Set(key, ack.value)
-	}
-	if err != nil {
+	w := newChaosWrite(rng, failoverKeys, fmt.Sprintf("g%d.w%d.%d", g.g, id, seq))
+	if err := w.apply(g.p); err != nil {
 		c.writeRefused(g, err)
 		return
 	}
 	c.count("writes", 1)
+	c.count(w.kind+"s", 1)
 	if rng.IntN(3) == 0 {
-		ack.target = g.p.Offset()
+		target := g.p.Offset()
 		rejoins := c.rejoinCounts()
 		k, err := g.p.Wait(1, time.Duration(1+rng.IntN(20))*time.Millisecond)
-		ack.strong = !g.deposed.Load()
+		strong := !g.deposed.Load()
 		c.count("waits", 1)
 		switch {
-		case err != nil && (ack.strong || !errors.Is(err, ErrClosed)):
-			c.fail("Wait on generation %d (deposed %v): %v", g.g, !ack.strong, err)
+		case err != nil && (strong || !errors.Is(err, ErrClosed)):
+			c.fail("Wait on generation %d (deposed %v): %v", g.g, !strong, err)
 		case err == nil && k >= 1:
-			c.acked(ack, g, k, rejoins)
+			var acks []foAck
+			for _, in := range w.ins {
+				acks = append(acks, foAck{hist: g.hist.replID, target: target, key: in.key, value: in.value,
+					del: in.op == 'd', strong: strong, gen: g.g})
+			}
+			c.acked(acks, g, k, rejoins)
 		}
 	}
 }
@@ -688,7 +667,8 @@ func (c *failoverRun) rejoinCounts() map[*foMember]uint64 {
 // read (a minority replica re-pointed while a Wait on its zombie was
 // returning): it is counted as holding them. Its rejoin count goes up
 // before it can throw anything away, so it is read after the position.
-func (c *failoverRun) acked(ack foAck, g *foGen, k int, rejoins map[*foMember]uint64) {
+func (c *failoverRun) acked(acks []foAck, g *foGen, k int, rejoins map[*foMember]uint64) {
+	ack := acks[0]
 	obs := foWaitObs{hist: ack.hist, target: ack.target, k: k, self: g.m, pos: make(map[*foMember]foPos), excused: make(map[*foMember]bool)}
 	for _, m := range c.memberList() {
 		obs.pos[m] = position(m.n)
@@ -697,12 +677,12 @@ func (c *failoverRun) acked(ack foAck, g *foGen, k int, rejoins map[*foMember]ui
 		}
 	}
 	c.mu.Lock()
-	c.acks = append(c.acks, ack)
+	c.acks = append(c.acks, acks...)
 	c.waits = append(c.waits, obs)
 	if ack.strong {
-		c.stats["acked writes"]++
+		c.stats["acked writes"] += len(acks)
 	} else {
-		c.stats["acked writes (deposed)"]++
+		c.stats["acked writes (deposed)"] += len(acks)
 	}
 	c.mu.Unlock()
 }
@@ -1285,8 +1265,8 @@ func (c *failoverRun) stream(id string, memo map[string]*foStream) (*foStream, e
 	own := slices.Clone(h.records)
 	h.mu.Unlock()
 	for _, r := range own {
-		if r.end <= s.lastEnd() {
-			return nil, fmt.Errorf("history %.8s: record %s ends at %d, not after %d", id, r.key, r.end, s.lastEnd())
+		if r.cont && r.end != s.lastEnd() || !r.cont && r.end <= s.lastEnd() {
+			return nil, fmt.Errorf("history %.8s: record %s ends at %d, not after %d (continuing a TX: %v)", id, r.key, r.end, s.lastEnd(), r.cont)
 		}
 		s.recs = append(s.recs, r)
 	}

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"math"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,6 +121,31 @@ func TestHostilePrimary(t *testing.T) {
 		{"snapshot frame in stream", rawFrame(frameChunk, nil), ErrProtocol},
 		{"END in stream", appendSnapshotEnd(nil, snapshotEnd{}), ErrProtocol},
 		{"oversized key in DEL", rawFrame(frameDel, bytes.Repeat([]byte("k"), DefaultMaxKeySize+1)), ErrTooLarge},
+
+		// Deadlines: SETX, and writes of kind 't' in a TX.
+		{"SETX zero deadline", rawFrame(frameSetX, setxPayload(0, "a", 100)), ErrProtocol},
+		{"SETX deadline over MaxInt64", rawFrame(frameSetX, setxPayload(math.MaxInt64+1, "a", 100)), ErrProtocol},
+		{"SETX deadline truncated", rawFrame(frameSetX, []byte{0, 0, 0, 1}), ErrProtocol},
+		{"SETX without a key", rawFrame(frameSetX, binary.BigEndian.AppendUint64(nil, 1)), ErrProtocol},
+		{"CHUNKX in stream", rawFrame(frameChunkX, setxPayload(1, "a", 100)), ErrProtocol},
+
+		// TX: every write is checked before any is applied, so the first
+		// write, a=100, must never show.
+		{"TX count zero", txFrame(0), ErrProtocol},
+		{"TX count over what the payload can hold", txFrame(1<<20, txSet("a", 100)), ErrProtocol},
+		{"TX count one more than the writes", txFrame(2, txSet("a", 100)), ErrProtocol},
+		{"TX bytes after the last write", txFrame(1, txSet("a", 100), []byte{byte(frameDel)}), ErrProtocol},
+		{"TX truncated mid-write", txFrame(2, txSet("a", 100), txSet("b", 7)[:3]), ErrProtocol},
+		{"TX truncated count", rawFrame(frameTx, []byte{0, 0, 1}), ErrProtocol},
+		{"TX unknown write kind", txFrame(2, txSet("a", 100), append([]byte{'x'}, txSet("b", 7)[1:]...)), ErrProtocol},
+		{"TX write of a snapshot kind", txFrame(2, txSet("a", 100), append([]byte{byte(frameChunkX)}, txSetX(1, "b", 7)[1:]...)), ErrProtocol},
+		{"TX zero deadline", txFrame(2, txSet("a", 100), txSetX(0, "b", 7)), ErrProtocol},
+		{"TX deadline over MaxInt64", txFrame(2, txSet("a", 100), txSetX(1<<63, "b", 7)), ErrProtocol},
+		{"TX deadline all ones", txFrame(2, txSet("a", 100), txSetX(math.MaxUint64, "b", 7)), ErrProtocol},
+		{"TX invalid msgpack in a later write", txFrame(2, txSet("a", 100), txRaw('s', "b", []byte{0xc1})), ErrProtocol},
+		{"TX value length beyond frame", txFrame(2, txSet("a", 100), append([]byte{'s', 1, 'b'}, binary.AppendUvarint(nil, 1<<40)...)), ErrProtocol},
+		{"TX oversized key", txFrame(2, txSet("a", 100), txRaw('d', strings.Repeat("k", DefaultMaxKeySize+1), nil)), ErrTooLarge},
+		{"TX of only deletes, one bad", txFrame(2, txRaw('d', "a", nil), txRaw('t', "b", nil)), ErrProtocol},
 	}
 	net := transport.NewInmem()
 	fake := newFakePrimary(t, net, "fake")
@@ -148,6 +175,59 @@ func TestHostilePrimary(t *testing.T) {
 			fake.send(appendSyncStart(nil, frameContinue, syncStart{replID: "feedface", offset: 0}))
 		})
 	}
+
+	// The builders above make well-formed records when asked to: the
+	// same shapes, right, apply.
+	t.Run("well-formed", func(t *testing.T) {
+		fake.t = t
+		far := uint64(time.Now().Add(time.Hour).UnixNano())
+		tx := txFrame(3, txSet("a", 100), txSetX(far, "b", 7), txRaw('d', "c", nil))
+		setx := rawFrame(frameSetX, setxPayload(far, "d", 8))
+		fake.send(tx, setx)
+		waitFor(t, "the records applied", func() bool { return r.Offset() == uint64(len(tx)+len(setx)) })
+		assert.Equal(t, map[string]int{"a": 100, "b": 7, "d": 8}, maps.Collect(r.All()))
+		left, ok := r.TTL("b")
+		assert.True(t, ok)
+		assert.Positive(t, left)
+	})
+}
+
+// setxPayload is a SETX payload with the deadline at, key and int value v.
+func setxPayload(at uint64, key string, v int) []byte {
+	b := binary.BigEndian.AppendUint64(nil, at)
+	b = appendString(b, key)
+	val, _ := appendValue(nil, v)
+	return append(b, val...)
+}
+
+// txFrame is a TX frame that claims count writes and holds writes.
+func txFrame(count uint32, writes ...[]byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, count)
+	for _, w := range writes {
+		b = append(b, w...)
+	}
+	return rawFrame(frameTx, b)
+}
+
+// txRaw is one TX write of kind k: key, then (unless k is 'd') value as
+// raw bytes with their length.
+func txRaw(k byte, key string, value []byte) []byte {
+	b := appendString([]byte{k}, key)
+	if k != byte(frameDel) {
+		b = binary.AppendUvarint(b, uint64(len(value)))
+		b = append(b, value...)
+	}
+	return b
+}
+
+func txSet(key string, v int) []byte {
+	val, _ := appendValue(nil, v)
+	return txRaw(byte(frameSet), key, val)
+}
+
+func txSetX(at uint64, key string, v int) []byte {
+	w := txSet(key, v)
+	return append(binary.BigEndian.AppendUint64([]byte{byte(frameSetX)}, at), w[1:]...)
 }
 
 // TestHostileSnapshot checks that a corrupted or lying snapshot is never
@@ -170,6 +250,12 @@ func TestHostileSnapshot(t *testing.T) {
 		{"corrupted chunk", [][]byte{corruptCRC(goodChunk())}, ErrChecksum},
 		{"END behind the stream", [][]byte{setFrame(t, "x", 1), appendSnapshotEnd(nil, snapshotEnd{})}, ErrProtocol},
 		{"END before FULL offset", [][]byte{appendSyncStart(nil, frameFull, syncStart{replID: "abc", offset: 100})}, nil},
+		{"CHUNKX zero deadline", [][]byte{rawFrame(frameChunkX, chunkxPayload(0, "x", 5))}, ErrProtocol},
+		{"CHUNKX deadline over MaxInt64", [][]byte{rawFrame(frameChunkX, chunkxPayload(math.MaxInt64+1, "x", 5))}, ErrProtocol},
+		{"CHUNKX truncated deadline", [][]byte{rawFrame(frameChunkX, []byte{0, 0, 0, 0, 1})}, ErrProtocol},
+		{"CHUNKX truncated entry", [][]byte{rawFrame(frameChunkX, chunkxPayload(1, "x", 5)[:10])}, ErrProtocol},
+		{"CHUNKX second entry bad", [][]byte{rawFrame(frameChunkX, append(chunkxPayload(1, "x", 5), chunkxPayload(0, "y", 6)...))}, ErrProtocol},
+		{"CHUNKX entry without value", [][]byte{rawFrame(frameChunkX, appendString(binary.BigEndian.AppendUint64(nil, 1), "x"))}, ErrProtocol},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -192,6 +278,15 @@ func TestHostileSnapshot(t *testing.T) {
 			assert.Zero(t, r.Info().FullSyncs)
 		})
 	}
+}
+
+// chunkxPayload is one CHUNKX entry: the deadline at, key and int value v.
+func chunkxPayload(at uint64, key string, v int) []byte {
+	b := binary.BigEndian.AppendUint64(nil, at)
+	b = appendString(b, key)
+	val, _ := appendValue(nil, v)
+	b = binary.AppendUvarint(b, uint64(len(val)))
+	return append(b, val...)
 }
 
 // TestRecordsInterleavedWithSnapshot checks the replica's side of a full

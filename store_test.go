@@ -2,6 +2,8 @@ package replmap
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"testing"
@@ -106,4 +108,90 @@ func TestPackedStoreMemory(t *testing.T) {
 	runtime.KeepAlive(s)
 	t.Logf("%.0f bytes per key", perKey)
 	assert.Less(t, perKey, 200.0)
+}
+
+// TestExpiryHeapAgainstModel drives an expiry index with random sets,
+// updates and removals, and after every one checks it against a map: the
+// heap property, that idx and heap agree (every key once, at the place
+// idx says), deadline, and countDue and appendDue at several times.
+func TestExpiryHeapAgainstModel(t *testing.T) {
+	for seed := range uint64(6) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		var x expiry
+		model := make(map[string]int64)
+		keys := 1 + rng.IntN(200)
+		for step := range 2000 {
+			k := "k" + strconv.Itoa(rng.IntN(keys))
+			switch rng.IntN(3) {
+			case 0, 1:
+				at := int64(1 + rng.IntN(1000)) // small range: many equal deadlines
+				_, had := model[k]
+				require.Equal(t, !had, x.set(k, at), "seed %d step %d: set(%s) reports whether it was new", seed, step, k)
+				model[k] = at
+			default:
+				_, had := model[k]
+				require.Equal(t, had, x.remove(k), "seed %d step %d: remove(%s)", seed, step, k)
+				delete(model, k)
+			}
+			checkExpiry(t, &x, model, rng, fmt.Sprintf("seed %d step %d", seed, step))
+			if step%100 == 99 && rng.IntN(4) == 0 { // empty it now and then
+				for k := range model {
+					require.True(t, x.remove(k))
+					delete(model, k)
+				}
+				checkExpiry(t, &x, model, rng, "emptied")
+			}
+		}
+	}
+}
+
+func checkExpiry(t *testing.T, x *expiry, model map[string]int64, rng *rand.Rand, where string) {
+	t.Helper()
+	if len(x.heap) != len(model) || len(x.idx) != len(model) {
+		t.Fatalf("%s: heap %d, idx %d, model %d keys", where, len(x.heap), len(x.idx), len(model))
+	}
+	if len(model) == 0 && (x.heap != nil || x.idx != nil) {
+		t.Fatalf("%s: an empty index keeps its heap or map", where)
+	}
+	for i, it := range x.heap {
+		if i > 0 && x.heap[(i-1)/2].at > it.at {
+			t.Fatalf("%s: heap property broken at %d", where, i)
+		}
+		if j, ok := x.idx[it.key]; !ok || int(j) != i {
+			t.Fatalf("%s: %s is at %d, idx says %d (%v)", where, it.key, i, j, ok)
+		}
+		if at, ok := x.deadline(it.key); !ok || at != model[it.key] || it.at != at {
+			t.Fatalf("%s: deadline of %s is %d, want %d", where, it.key, at, model[it.key])
+		}
+	}
+	if _, ok := x.deadline("absent"); ok {
+		t.Fatalf("%s: a deadline for an absent key", where)
+	}
+	for _, now := range []int64{0, 1 + rng.Int64N(1000), 1000} {
+		due := make(map[string]bool)
+		for k, at := range model {
+			if at <= now {
+				due[k] = true
+			}
+		}
+		if n := x.countDue(0, now); n != len(due) {
+			t.Fatalf("%s: countDue(%d) = %d, want %d", where, now, n, len(due))
+		}
+		limit := rng.IntN(len(model) + 2)
+		got := x.appendDue(0, now, []string{"pre"}, limit)
+		if got[0] != "pre" {
+			t.Fatalf("%s: appendDue overwrote dst", where)
+		}
+		got = got[1:]
+		if want := max(0, min(len(due), limit-1)); len(got) != want {
+			t.Fatalf("%s: appendDue(%d) with limit %d (one in dst) returned %d keys, want %d", where, now, limit, len(got), want)
+		}
+		seen := make(map[string]bool)
+		for _, k := range got {
+			if !due[k] || seen[k] {
+				t.Fatalf("%s: appendDue(%d) returned %s: not due, or twice", where, now, k)
+			}
+			seen[k] = true
+		}
+	}
 }
