@@ -38,6 +38,13 @@ type backlog struct {
 	end       atomic.Uint64
 	cursors   map[*cursor]struct{}
 	free      [][]byte // trimmed blocks kept for reuse (see trim)
+
+	// served is the offset at which the data this backlog's stream
+	// builds was first served: where a replica's full sync swapped it in
+	// (0 for a primary's, or data loaded from disk). It is set before the
+	// data is published and never changes after. Offsets before it name
+	// no state that was ever served from this data.
+	served uint64
 }
 
 // backlogFreeBlocks is how many trimmed blocks the backlog keeps for

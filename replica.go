@@ -693,6 +693,7 @@ func (s *replicaSession[V]) maybeSwap() error {
 		s.snap = nil
 	}
 	s.target.store.private = false // published by the swap below
+	s.target.backlog.served = s.until
 	old := n.data()
 	if shared, ok := sharedPrefix(old.hist, s.target.hist); ok && old.offset() > shared {
 		// This replica was ahead of the new primary in the history they

@@ -56,8 +56,14 @@ func (p *Primary[V]) Watch(ctx context.Context, prefix string, from uint64) iter
 // beginning with prefix after offset from, as [Primary.Watch] does. It
 // goes on across reconnects and partial resyncs, which continue the same
 // stream. A full sync replaces the data under it: the watcher is then
-// ended with ErrCompacted, and lists again. When r is closed, by Close or
-// by its promotion, the iteration yields ErrClosed: after a promotion,
+// ended with ErrCompacted, and lists again; so is a later watch from an
+// offset before the full sync. (An offset names a write of one history:
+// a replica that was ahead of a new primary and full-synced from it,
+// discarding writes (Info().DiscardedBytes), may reach the same offsets
+// again with other writes. A client that keeps an offset across such a
+// failover should keep Info().ReplID with it and list again when the
+// replica's history no longer continues it.) When r is closed, by Close
+// or by its promotion, the iteration yields ErrClosed: after a promotion,
 // resume on the new Primary from the last event's offset, which it
 // continues without a gap.
 func (r *Replica[V]) Watch(ctx context.Context, prefix string, from uint64) iter.Seq2[Event[V], error] {
@@ -121,6 +127,13 @@ func watch[V any](n *node[V], ctx context.Context, prefix string, from uint64, c
 			if !wait(ch) {
 				return
 			}
+		}
+		if from < bl.served {
+			// Offsets before the full sync that swapped this data in
+			// name writes of the data it replaced, perhaps in another
+			// history: a cache built from them would be wrong.
+			yield(none, fmt.Errorf("%w: offset %d is before the full sync that replaced the replica's data at %d", ErrCompacted, from, bl.served))
+			return
 		}
 		c, ok := bl.newWeakCursor(from)
 		if !ok {
