@@ -86,7 +86,8 @@ func TestRunSmallRedis(t *testing.T) {
 
 func TestFlagsAreChecked(t *testing.T) {
 	for _, args := range [][]string{
-		{"-only", "W15"},
+		{"-only", "W99"},
+		{"-tx-size", "0"},
 		{"-runs", "0"},
 		{"-ack-time", "-1s"},
 		{"-restart-keys", "0"},

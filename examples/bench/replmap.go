@@ -37,6 +37,8 @@ type replmapSystem struct {
 
 	durability durability // for the primaries start starts
 	work       string     // their directory: data/ and a backup (W14)
+
+	markOffset uint64 // the primary's offset at markExpired (W16)
 }
 
 func newReplmapSystem(cfg config, stderr io.Writer) *replmapSystem {
@@ -612,4 +614,89 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// writeBatches writes from cfg.writers goroutines, each calling Update
+// with size Sets (multi changes nothing: every Update is atomic).
+func (s *replmapSystem) writeBatches(ctx context.Context, keys []string, vals [][]byte, size int, _ bool) error {
+	return writeInBatches(ctx, s.cfg.writers, size, keys, vals, func(_ context.Context, keys []string, vals [][]byte) error {
+		_, err := s.p.Update(func(tx *replmap.Tx[[]byte]) error {
+			for i, k := range keys {
+				if err := tx.Set(k, vals[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		return err
+	})
+}
+
+// fillTTL writes the keys in Updates of 1000 SetTTLs, each key's TTL
+// taken from the clock as it is written so that its deadline is the one
+// asked for. A key whose deadline has already passed is left out.
+func (s *replmapSystem) fillTTL(_ context.Context, n, valueSize int, first time.Time, every time.Duration) error {
+	r := newRand()
+	vals := make([][]byte, 64)
+	for i := range vals {
+		vals[i] = randomValue(r, valueSize)
+	}
+	for lo := 0; lo < n; lo += 1000 {
+		_, err := s.p.Update(func(tx *replmap.Tx[[]byte]) error {
+			for i := lo; i < min(lo+1000, n); i++ {
+				ttl := time.Until(first.Add(time.Duration(i) * every))
+				if ttl <= 0 {
+					continue
+				}
+				if err := tx.SetTTL(ttlKey(i), vals[i%len(vals)], ttl); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *replmapSystem) markExpired(context.Context) error {
+	s.markOffset = s.p.Offset()
+	return nil
+}
+
+// expiredSinceMark counts the primary's deletions on expiry from its
+// offset: the stream grew by the records of the Sets of setKeys (each
+// with a value of cfg.valueSize bytes) and by one DEL record per key
+// expired. The sizes of both records are read off a scratch primary.
+func (s *replmapSystem) expiredSinceMark(_ context.Context, setKeys []string) (float64, error) {
+	grown := s.p.Offset() - s.markOffset
+	set, del, err := recordSizes(s.cfg.valueSize)
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range setKeys {
+		grown -= set + uint64(len(k))
+	}
+	return float64(grown) / float64(del+uint64(len(ttlKey(0)))), nil
+}
+
+// recordSizes returns the bytes a Set of a value of valueSize bytes and a
+// Delete add to a primary's offset, beyond their key's length.
+func recordSizes(valueSize int) (set, del uint64, err error) {
+	p, err := replmap.NewPrimary[[]byte]()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer p.Close()
+	o0 := p.Offset()
+	if err := p.Set("k", make([]byte, valueSize)); err != nil {
+		return 0, 0, err
+	}
+	o1 := p.Offset()
+	if err := p.Delete("k"); err != nil {
+		return 0, 0, err
+	}
+	return o1 - o0 - 1, p.Offset() - o1 - 1, nil
 }
