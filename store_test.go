@@ -2,6 +2,7 @@ package replmap
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"testing"
@@ -105,4 +106,48 @@ func TestPackedStoreMemory(t *testing.T) {
 	runtime.KeepAlive(s)
 	t.Logf("%.0f bytes per key", perKey)
 	assert.Less(t, perKey, 200.0)
+}
+
+// TestExpiryHeapStaysIndexed drives an expiry index with random deadline
+// changes and removals and checks after each that it is a min-heap by
+// deadline whose index gives every key's place, and that the keys due
+// come out in deadline order.
+func TestExpiryHeapStaysIndexed(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	var x expiry
+	want := make(map[string]int64)
+	check := func() {
+		t.Helper()
+		require.Len(t, x.heap, len(want))
+		require.Len(t, x.idx, len(want))
+		for i, it := range x.heap {
+			if x.idx[it.key] != int32(i) || want[it.key] != it.at || i > 0 && x.heap[(i-1)/2].at > it.at {
+				t.Fatalf("at %d: %s due %d, indexed at %d, want due %d; parent due %d",
+					i, it.key, it.at, x.idx[it.key], want[it.key], x.heap[max(i-1, 0)/2].at)
+			}
+		}
+	}
+	for range 3000 {
+		key := "k" + strconv.Itoa(r.IntN(300))
+		if r.IntN(3) == 0 {
+			_, had := want[key]
+			require.Equal(t, had, x.remove(key))
+			delete(want, key)
+		} else {
+			at := int64(r.IntN(1000) + 1)
+			_, had := want[key]
+			require.Equal(t, !had, x.set(key, at))
+			want[key] = at
+		}
+		check()
+	}
+	for len(x.heap) > 0 {
+		top := x.heap[0]
+		for _, at := range want {
+			require.LessOrEqual(t, top.at, at)
+		}
+		require.True(t, x.remove(top.key))
+		delete(want, top.key)
+		check()
+	}
 }
