@@ -288,7 +288,8 @@ type system interface {
 	// (not atomic), or with multi sends each as a MULTI/EXEC transaction.
 	writeBatches(ctx context.Context, keys []string, vals [][]byte, size int, multi bool) error
 	// fillTTL writes n keys named by ttlKey with values of valueSize
-	// bytes, the i-th to expire at first + i×every (W16).
+	// bytes, the i-th to expire at first + i×every, or with a zero first
+	// without deadlines (W16).
 	fillTTL(ctx context.Context, n, valueSize int, first time.Time, every time.Duration) error
 	// markExpired notes how many keys the primary has deleted on expiry,
 	// and expiredSinceMark returns how many it has deleted since, given

@@ -659,7 +659,8 @@ func appendRESP(b []byte, args ...[]byte) []byte {
 }
 
 // fillTTL writes the keys with SET ... PXAT (an absolute deadline in
-// milliseconds, Redis 6.2+) in pipelines of 1000.
+// milliseconds, Redis 6.2+), or plain SETs for a zero first, in pipelines
+// of 1000.
 func (s *redisSystem) fillTTL(ctx context.Context, n, valueSize int, first time.Time, every time.Duration) error {
 	r := newRand()
 	vals := make([][]byte, 64)
@@ -669,6 +670,10 @@ func (s *redisSystem) fillTTL(ctx context.Context, n, valueSize int, first time.
 	for lo := 0; lo < n; lo += 1000 {
 		_, err := s.primary.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i := lo; i < min(lo+1000, n); i++ {
+				if first.IsZero() {
+					p.Set(ctx, ttlKey(i), vals[i%len(vals)], 0)
+					continue
+				}
 				at := first.Add(time.Duration(i) * every).UnixMilli()
 				p.Do(ctx, "SET", ttlKey(i), vals[i%len(vals)], "PXAT", at)
 			}

@@ -632,9 +632,10 @@ func (s *replmapSystem) writeBatches(ctx context.Context, keys []string, vals []
 	})
 }
 
-// fillTTL writes the keys in Updates of 1000 SetTTLs, each key's TTL
-// taken from the clock as it is written so that its deadline is the one
-// asked for. A key whose deadline has already passed is left out.
+// fillTTL writes the keys in Updates of 1000 SetTTLs (Sets for a zero
+// first), each key's TTL taken from the clock as it is written so that
+// its deadline is the one asked for. A key whose deadline has already
+// passed is left out.
 func (s *replmapSystem) fillTTL(_ context.Context, n, valueSize int, first time.Time, every time.Duration) error {
 	r := newRand()
 	vals := make([][]byte, 64)
@@ -644,6 +645,12 @@ func (s *replmapSystem) fillTTL(_ context.Context, n, valueSize int, first time.
 	for lo := 0; lo < n; lo += 1000 {
 		_, err := s.p.Update(func(tx *replmap.Tx[[]byte]) error {
 			for i := lo; i < min(lo+1000, n); i++ {
+				if first.IsZero() {
+					if err := tx.Set(ttlKey(i), vals[i%len(vals)]); err != nil {
+						return err
+					}
+					continue
+				}
 				ttl := time.Until(first.Add(time.Duration(i) * every))
 				if ttl <= 0 {
 					continue
