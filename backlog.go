@@ -49,9 +49,11 @@ const backlogFreeBlocks = 8
 // A cursor is one reader's position in the backlog.
 type cursor struct {
 	pos       uint64          // next offset to read
+	weak      bool            // pins nothing: evicted when its position leaves the window
 	holding   *byte           // first byte of the block read last, which the reader may still be writing out
 	overSince time.Time       // when it went past the soft limit; zero if within it
 	evicted   bool            // fell too far behind
+	err       error           // why it was evicted
 	onEvict   func(err error) // called once, under the backlog's lock, on eviction
 }
 
@@ -108,7 +110,7 @@ func (b *backlog) trim(end, recordStart uint64) {
 	}
 	var now time.Time
 	for c := range b.cursors {
-		if c.evicted {
+		if c.evicted || c.weak {
 			continue
 		}
 		var behind uint64
@@ -149,6 +151,11 @@ func (b *backlog) trim(end, recordStart uint64) {
 	b.blocks = slices.Delete(b.blocks, 0, drop)
 	b.first += uint64(drop) * backlogBlockSize
 	b.start = max(b.start, b.first)
+	for c := range b.cursors {
+		if c.weak && !c.evicted && c.pos < b.start {
+			b.evict(c, fmt.Errorf("%w: the watcher fell behind the backlog (%d bytes)", ErrCompacted, b.size))
+		}
+	}
 }
 
 // held reports whether a reader may still be using blk: the bytes read
@@ -173,7 +180,7 @@ func (b *backlog) newBlock() []byte {
 }
 
 func (b *backlog) evict(c *cursor, err error) {
-	c.evicted = true
+	c.evicted, c.err = true, err
 	if c.onEvict != nil {
 		c.onEvict(err)
 	}
@@ -200,6 +207,20 @@ func (b *backlog) newCursor(pos uint64, onEvict func(error)) (*cursor, bool) {
 	return c, true
 }
 
+// newWeakCursor returns a cursor at pos that pins nothing: once pos
+// leaves the window, the cursor is evicted (and read returns the error it
+// was evicted with). A watcher reads with one, so that one which does not
+// keep up costs no memory: it is ended instead.
+func (b *backlog) newWeakCursor(pos uint64) (*cursor, bool) {
+	c, ok := b.newCursor(pos, nil)
+	if ok {
+		b.mu.Lock()
+		c.weak = true
+		b.mu.Unlock()
+	}
+	return c, ok
+}
+
 // release forgets c, unpinning what it had not read.
 func (b *backlog) release(c *cursor) {
 	b.mu.Lock()
@@ -210,13 +231,14 @@ func (b *backlog) release(c *cursor) {
 // read returns up to limit bytes at c's position and advances c past them.
 // The bytes are the backlog's own: the caller must not change them, and may
 // use them only until its next read on c (or until c is released). It
-// returns nothing when c is at the end, and ErrReplicaTooSlow once c has
-// been evicted.
+// returns nothing when c is at the end, and the error c was evicted with
+// (wrapping ErrReplicaTooSlow, or ErrCompacted for a weak cursor) once it
+// has been.
 func (b *backlog) read(c *cursor, limit int) ([]byte, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if c.evicted {
-		return nil, ErrReplicaTooSlow
+		return nil, c.err
 	}
 	end := b.end.Load()
 	if c.pos >= end {

@@ -3,6 +3,7 @@ package replmap
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"io"
 	"strconv"
 	"testing"
@@ -282,6 +283,37 @@ func BenchmarkUpdate100(b *testing.B) {
 			return nil
 		})
 		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkApplyTx100 is a replica's work for one TX record of 100 Sets:
+// parse, decode and apply under the shard locks.
+func BenchmarkApplyTx100(b *testing.B) {
+	st := newStore[[]byte]()
+	keys := benchKeys(100000)
+	val := bytes.Repeat([]byte("v"), 100)
+	var payloads [][]byte
+	for i := range 1000 {
+		tx := binary.BigEndian.AppendUint32(nil, 100)
+		for j := range 100 {
+			tx = append(tx, byte(frameSet))
+			tx = appendString(tx, keys[(i*100+j)%len(keys)])
+			tx = appendString(tx, string(appendMsgpackBin(nil, val)))
+		}
+		payloads = append(payloads, tx)
+	}
+	var ops []op
+	var ws []write[[]byte]
+	b.ReportAllocs()
+	b.SetBytes(100 * 100)
+	for i := 0; b.Loop(); i++ {
+		var err error
+		if ops, err = parseOps(ops[:0], frameTx, payloads[i%len(payloads)], DefaultMaxKeySize, DefaultMaxValueSize); err != nil {
+			b.Fatal(err)
+		}
+		if ws, err = applyOps(st, ops, ws); err != nil {
 			b.Fatal(err)
 		}
 	}

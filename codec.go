@@ -269,25 +269,32 @@ func parseOps(ops []op, t frameType, payload []byte, maxKey, maxValue int) ([]op
 }
 
 // applyOps applies a data record's writes to st as one: all of them, or,
-// if a value does not decode, none. Readers see none of them or all.
-func applyOps[V any](st *store[V], ops []op) error {
+// if a value does not decode, none. Readers see none of them or all. ws
+// is scratch for the prepared writes, returned for reuse.
+func applyOps[V any](st *store[V], ops []op, ws []write[V]) ([]write[V], error) {
 	if len(ops) == 1 {
 		w, err := recordWrite(st, ops[0])
 		if err != nil {
-			return err
+			return ws, err
 		}
 		st.apply(&w)
-		return nil
+		return ws, nil
 	}
-	ws := make([]write[V], len(ops))
-	for i, o := range ops {
-		var err error
-		if ws[i], err = recordWrite(st, o); err != nil {
-			return err
+	ws = ws[:0]
+	for _, o := range ops {
+		w, err := recordWrite(st, o)
+		if err != nil {
+			clear(ws)
+			return ws[:0], err
 		}
+		ws = append(ws, w)
 	}
 	st.applyAll(ws)
-	return nil
+	clear(ws) // hold no keys or values between records
+	if cap(ws) > 4096 {
+		ws = nil
+	}
+	return ws[:0], nil
 }
 
 // checkKey reports a key over the limit.

@@ -95,6 +95,30 @@
 // [ErrLostState]. A write or fsync that fails stops writes with an error,
 // never retried: the kernel may have dropped the data it had accepted.
 //
+// # Map features
+//
+// [Primary.Update] runs a function under the write lock and applies the
+// writes it makes through its [Tx] as one record at one offset: no reader,
+// watcher or Wait, on the primary or on any replica, sees part of one,
+// and a function that returns an error writes nothing. It gives atomic
+// read-modify-write (counters, compare-and-swap) and is the fast path for
+// bulk writes.
+//
+// [Primary.SetTTL] and [Tx.SetTTL] give a key a deadline, absolute and
+// replicated with it (full syncs, the data directory and failovers keep
+// it). No node returns a key past its deadline by its own clock; the
+// primary deletes such keys in the background (and at once when a read
+// meets one) and replicates each deletion. TTL reports the time left.
+//
+// [Primary.Watch] and [Replica.Watch] yield every write under a prefix
+// after an offset, in order, with no gap and no duplicate, resumable from
+// any event's offset, across reconnects, partial resyncs and promotions.
+// [Primary.List] and [Replica.List] return a prefix's keys exactly as at
+// one offset, to watch from: together they keep a copy of part of the
+// map exact. A watcher reads the backlog and holds no memory of its own:
+// one that falls behind the backlog, or asks for history the backlog no
+// longer holds, ends with [ErrCompacted] and lists again.
+//
 // # Lifecycle
 //
 // NewPrimary returns a Primary with an empty map; Serve accepts replicas
@@ -110,7 +134,8 @@
 // [ErrProtocol], [ErrChecksum], [ErrVersion], [ErrReplicaTooSlow],
 // [ErrLinkTimeout], [ErrInvalidOption], [ErrStaleEpoch], [ErrLostState],
 // [ErrWouldLoseData], [ErrNotSynced], [ErrNotEnoughReplicas],
-// [ErrTypeMismatch], [ErrDuplicateName], [ErrNoReplica]), usually wrapped
+// [ErrTypeMismatch], [ErrDuplicateName], [ErrNoReplica], [ErrCompacted],
+// [ErrInvalidTTL]), usually wrapped
 // with detail: test them with [errors.Is]. A write refused after a
 // handover is a [*MovedError] naming the new primary. A link's failure is a [*LinkError]. Failures in
 // the background, which no caller can receive, go to the [log/slog] logger

@@ -229,7 +229,7 @@ func FuzzRecord(f *testing.F) {
 			if err != nil {
 				return
 			}
-			if err := applyOps(st, ops); err != nil {
+			if _, err := applyOps(st, ops, nil); err != nil {
 				if v, ok := st.get("old"); st.len() != 1 || !ok || string(v) != "v" {
 					t.Fatalf("a %s that failed (%v) changed the store", typ, err)
 				}
@@ -284,6 +284,26 @@ func FuzzReplicaStream(f *testing.F) {
 	cont = append(cont, getAckFrame...)
 	cont = append(cont, appendDelFrame(nil, "b")...)
 	f.Add(cont, 3)
+	// Protocol 4's records: a snapshot with deadlines, a SETX and a TX
+	// (a deadline far off, so that what is served does not depend on
+	// the clock).
+	var ttl bytes.Buffer
+	ttl.Write(appendSyncStart(nil, frameFull, syncStart{replID: "id", offset: 10}))
+	sw = snapshotWriter{w: &ttl}
+	_ = addEntry(&sw, "a", "1", 1<<62)
+	_ = addEntry(&sw, "b", "2", 0)
+	_ = sw.finish(10)
+	setx, _ := appendSetFrame(nil, "c", "3", 1<<62, 1<<10)
+	ttl.Write(setx)
+	tx := beginFrame(nil, frameTx)
+	tx = binary.BigEndian.AppendUint32(tx, 2)
+	tx = append(tx, byte(frameSet))
+	tx = appendString(tx, "d")
+	tx = appendString(tx, string(appendMsgpackStr(nil, "4")))
+	tx = append(tx, byte(frameDel))
+	tx = appendString(tx, "a")
+	ttl.Write(endFrame(tx, 0))
+	f.Add(ttl.Bytes(), 11)
 	f.Fuzz(func(t *testing.T, data []byte, split int) {
 		run := func(r io.Reader) *Replica[string] { return runReplicaStream(t, r, "data") }
 		var whole *Replica[string]

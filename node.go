@@ -62,6 +62,7 @@ type node[V any] struct {
 	links     atomic.Pointer[[]*link[V]] // replaced whole under mu, read without it
 	replaced  map[string]string          // replica name -> the instance whose link another instance replaced
 
+	grew         broadcast   // fired when the stream grows or the data is replaced, for watchers
 	waits        waitList    // a Primary's blocked Waits
 	durableWaits waitList    // a Primary's blocked WaitDurables
 	offsets      offsetWaits // a Replica's blocked WaitOffsets
@@ -284,13 +285,16 @@ func (n *node[V]) swap(d *dataset[V]) {
 		n.dropLinks(errHistoryChanged)
 	}
 	n.offsets.notify(d.offset())
+	n.grew.fire()
 }
 
-// wakeLinks tells every link's sender that the stream grew.
+// wakeLinks tells every link's sender, and every watcher, that the
+// stream grew.
 func (n *node[V]) wakeLinks() {
 	for _, l := range n.linkList() {
 		l.wakeSender()
 	}
+	n.grew.fire()
 }
 
 func (n *node[V]) linkList() []*link[V] { return *n.links.Load() }

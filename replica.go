@@ -508,7 +508,8 @@ type replicaSession[V any] struct {
 	snap *snapshotFile
 	gen  uint64
 
-	ops []op // scratch for the record being applied
+	ops []op       // scratch for the record being applied
+	ws  []write[V] // and for its writes
 }
 
 // next reads a frame and notes the I/O: when the bytes read so far are
@@ -756,7 +757,7 @@ func (s *replicaSession[V]) apply(t frameType, payload []byte) error {
 	}
 	head, rest := s.fr.raw()
 	n.writeMu.Lock()
-	if err := applyOps(s.target.store, s.ops); err != nil {
+	if s.ws, err = applyOps(s.target.store, s.ops, s.ws); err != nil {
 		n.writeMu.Unlock()
 		return err
 	}

@@ -51,8 +51,8 @@ type shard[V any] struct {
 	mu  sync.RWMutex
 	m   map[string]V     // unless packed
 	p   map[string]*byte // if packed: key -> the entry's length field (see pack)
-	exp expiry           // the keys that have a deadline
-	_   [56]byte         // keep neighbouring shards off one cache line
+	exp *expiry          // the keys that have a deadline; nil if none
+	_   [16]byte         // keep neighbouring shards off one cache line
 }
 
 type entry[V any] struct {
@@ -112,7 +112,7 @@ func (s *store[V]) get(key string) (V, bool) {
 		v, ok = sh.m[key]
 	}
 	expired := false
-	if ok && len(sh.exp.heap) > 0 {
+	if ok && sh.exp != nil {
 		if at, has := sh.exp.deadline(key); has && at <= now() {
 			expired = true
 		}
@@ -281,12 +281,18 @@ func (s *store[V]) applyLocked(sh *shard[V], w *write[V]) (existed bool, dn, dt 
 	}
 	switch {
 	case w.at != 0 && !w.del:
+		if sh.exp == nil {
+			sh.exp = new(expiry)
+		}
 		if sh.exp.set(w.key, w.at) {
 			dt = 1
 		}
-	case len(sh.exp.heap) > 0:
+	case sh.exp != nil:
 		if sh.exp.remove(w.key) {
 			dt = -1
+			if len(sh.exp.heap) == 0 {
+				sh.exp = nil
+			}
 		}
 	}
 	return existed, dn, dt
@@ -329,7 +335,7 @@ func (s *store[V]) len() int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.RLock()
-		if len(sh.exp.heap) > 0 && sh.exp.heap[0].at <= t {
+		if sh.exp != nil && sh.exp.heap[0].at <= t {
 			n -= sh.exp.countDue(0, t)
 		}
 		sh.mu.RUnlock()
@@ -379,7 +385,7 @@ func (s *store[V]) expiredRead() {
 func (s *store[V]) copyShard(i int, buf []entry[V], t int64) []entry[V] {
 	sh := &s.shards[i]
 	sh.mu.RLock()
-	ttl := len(sh.exp.heap) > 0
+	ttl := sh.exp != nil
 	add := func(k string, v V) {
 		var at int64
 		if ttl {
@@ -426,7 +432,7 @@ func (s *store[V]) all() iter.Seq2[string, V] {
 func (s *store[V]) dueKeys(i int, t int64, dst []string, limit int) []string {
 	sh := &s.shards[i]
 	sh.mu.RLock()
-	if len(sh.exp.heap) > 0 && sh.exp.heap[0].at <= t {
+	if sh.exp != nil && sh.exp.heap[0].at <= t {
 		dst = sh.exp.appendDue(0, t, dst, limit)
 	}
 	sh.mu.RUnlock()
@@ -454,7 +460,8 @@ func (s *store[V]) expire(key string, t int64) bool {
 // min-heap ordered by deadline, and each key's place in it, so that the
 // next key due is at the top, a deadline is found or changed in O(log n),
 // and the keys due at a time are found without looking at the others. A
-// shard without such keys holds neither.
+// shard without such keys has none (a nil *expiry), so a store without
+// TTLs pays one pointer per shard.
 type expiry struct {
 	idx  map[string]int32
 	heap []expItem
@@ -465,9 +472,9 @@ type expItem struct {
 	at  int64
 }
 
-// deadline returns key's deadline, if it has one.
+// deadline returns key's deadline, if it has one. x may be nil.
 func (x *expiry) deadline(key string) (int64, bool) {
-	if len(x.heap) == 0 {
+	if x == nil {
 		return 0, false
 	}
 	i, ok := x.idx[key]
@@ -511,9 +518,7 @@ func (x *expiry) remove(key string) bool {
 	}
 	x.heap[last] = expItem{}
 	x.heap = x.heap[:last]
-	if len(x.heap) == 0 {
-		x.idx, x.heap = nil, nil
-	} else if int(i) != last {
+	if int(i) != last {
 		x.fix(int(i))
 	}
 	return true

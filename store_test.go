@@ -46,7 +46,8 @@ func TestPackedStoreRoundTrip(t *testing.T) {
 	// The wire path stores the same thing.
 	w := newStore[[]byte]()
 	for k, v := range values {
-		require.NoError(t, applyOps(w, []op{{key: []byte(k), raw: appendMsgpackBin(nil, v)}}))
+		_, err := applyOps(w, []op{{key: []byte(k), raw: appendMsgpackBin(nil, v)}}, nil)
+		require.NoError(t, err)
 	}
 	for k, want := range values {
 		got, _ := w.get(k)
