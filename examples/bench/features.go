@@ -189,3 +189,20 @@ func probeSets(ctx context.Context, s system, cfg config, d time.Duration) ([]st
 	}
 	return keys, lat, nil
 }
+
+// watchDelivery is W17: a primary and one replica process running
+// cfg.watchers watchers of one prefix; cfg.watchRate Sets a second under
+// it for cfg.ackTime, each value carrying the time just before its Set;
+// the latency from then until each watcher has the event.
+func watchDelivery(ctx context.Context, s system, cfg config) (map[string]float64, error) {
+	if err := s.start(ctx, 1, false); err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	n := max(1, int(cfg.ackTime.Seconds()*float64(cfg.watchRate)))
+	p50, p99, worst, ok, err := s.watchLatency(ctx, n)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return map[string]float64{"W17 p50": micros(p50), "W17 p99": micros(p99), "W17 max": micros(worst)}, nil
+}

@@ -695,3 +695,10 @@ func (s *redisSystem) expiredSinceMark(ctx context.Context, _ []string) (float64
 	v, err := infoFloat(ctx, s.primary.client, "stats", "expired_keys")
 	return v - s.markExpiredKeys, err
 }
+
+// watchLatency has no Redis counterpart measured here (keyspace
+// notifications are fire-and-forget pub/sub with no resume, not a
+// watch): ok is false.
+func (s *redisSystem) watchLatency(context.Context, int) (p50, p99, max time.Duration, ok bool, err error) {
+	return 0, 0, 0, false, nil
+}

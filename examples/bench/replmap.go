@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -513,6 +515,11 @@ func (rp *replicaProc) close() error {
 //	promote        promote the replica; answer with its address
 //	follow ADDR    re-point the replica; answer once it streams from ADDR
 //	waitpromoted   answer once a handover has promoted the replica
+//	watch N        start N watchers of the keys under watchPrefix, from
+//	               the replica's offset (W17)
+//	watchwait K    answer once every watcher has had K events, with the
+//	               p50, p99 and max of their delivery latencies in ns,
+//	               and stop them
 //
 // It exits, closing the replica, when stdin ends.
 func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
@@ -533,6 +540,7 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 	var addr string
 	var heap0, rss0 float64
 	baseline := false
+	var w *watchers
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		cmd, arg, _ := strings.Cut(sc.Text(), " ")
@@ -591,6 +599,26 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 				continue
 			}
 			fmt.Fprintln(out, "ok")
+		case cmd == "watch" && r != nil && w == nil:
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			w = startWatchers(r, n, watchPrefix)
+			fmt.Fprintln(out, "ok")
+		case cmd == "watchwait" && w != nil:
+			n, err := strconv.Atoi(arg)
+			if err == nil {
+				err = w.wait(n)
+			}
+			if err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			p50, p99, max := w.stats()
+			fmt.Fprintf(out, "ok %d %d %d\n", p50, p99, max)
+			w = nil
 		case cmd == "mem":
 			heap, rss := memoryNow()
 			if !baseline {
@@ -706,4 +734,121 @@ func recordSizes(valueSize int) (set, del uint64, err error) {
 		return 0, 0, err
 	}
 	return o1 - o0 - 1, p.Offset() - o1 - 1, nil
+}
+
+// watchPrefix is the prefix of the keys W17 writes and watches. Their
+// values begin with the Unix time in nanoseconds just before the Set.
+const watchPrefix = "watch:"
+
+// watchers is a replica process's W17 watchers: each ranges over Watch
+// and records, for every event, the time from the Set on the primary
+// (in the value) until the event reached it. The two processes share the
+// machine's clock.
+type watchers struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	lat    [][]time.Duration // per watcher
+	errs   []error
+	more   chan struct{} // signalled after each batch of events
+}
+
+func startWatchers(r *replmap.Replica[[]byte], n int, prefix string) *watchers {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watchers{cancel: cancel, lat: make([][]time.Duration, n), errs: make([]error, n), more: make(chan struct{}, 1)}
+	from := r.Offset()
+	for i := range n {
+		w.wg.Go(func() {
+			for ev, err := range r.Watch(ctx, prefix, from) {
+				if err != nil {
+					w.mu.Lock()
+					w.errs[i] = err
+					w.mu.Unlock()
+					w.signal()
+					return
+				}
+				d := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(ev.Value)))
+				w.mu.Lock()
+				w.lat[i] = append(w.lat[i], d)
+				w.mu.Unlock()
+				w.signal()
+			}
+		})
+	}
+	return w
+}
+
+func (w *watchers) signal() {
+	select {
+	case w.more <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns once every watcher has had n events, or one has failed,
+// or a minute has passed; then it stops them.
+func (w *watchers) wait(n int) error {
+	defer func() {
+		w.cancel()
+		w.wg.Wait()
+	}()
+	timeout := time.After(time.Minute)
+	for {
+		w.mu.Lock()
+		done := true
+		for i, l := range w.lat {
+			if w.errs[i] != nil {
+				w.mu.Unlock()
+				return w.errs[i]
+			}
+			done = done && len(l) >= n
+		}
+		w.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-w.more:
+		case <-timeout:
+			return fmt.Errorf("watchers did not all get %d events in a minute", n)
+		}
+	}
+}
+
+// stats returns the p50, p99 and max of every watcher's latencies.
+func (w *watchers) stats() (p50, p99, max time.Duration) {
+	w.mu.Lock()
+	all := slices.Concat(w.lat...)
+	w.mu.Unlock()
+	slices.Sort(all)
+	return percentile(all, 0.5), percentile(all, 0.99), percentile(all, 1)
+}
+
+// watchLatency starts cfg.watchers watchers in the replica process, writes
+// n keys under watchPrefix at cfg.watchRate a second, each value the time
+// of its Set, and returns the watchers' delivery latencies (W17).
+func (s *replmapSystem) watchLatency(ctx context.Context, n int) (p50, p99, max time.Duration, ok bool, err error) {
+	rp := s.replicas[0]
+	if _, err := rp.call(ctx, "watch "+strconv.Itoa(s.cfg.watchers)); err != nil {
+		return 0, 0, 0, false, err
+	}
+	val := make([]byte, s.cfg.valueSize)
+	every := time.Second / time.Duration(s.cfg.watchRate)
+	next := time.Now()
+	for i := range n {
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		next = next.Add(every)
+		binary.BigEndian.PutUint64(val, uint64(time.Now().UnixNano()))
+		if err := s.p.Set(watchPrefix+strconv.Itoa(i), val); err != nil {
+			return 0, 0, 0, false, err
+		}
+	}
+	reply, err := rp.call(ctx, "watchwait "+strconv.Itoa(n))
+	if err != nil {
+		return 0, 0, 0, false, err
+	}
+	_, err = fmt.Sscanf(reply, "%d %d %d", &p50, &p99, &max)
+	return p50, p99, max, true, err
 }

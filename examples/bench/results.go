@@ -107,6 +107,9 @@ var rows = []row{
 	{"W16 p99.9", "primary Set latency, 20k Sets/s, while the keys expire: p99.9", "µs", false, "—", target{abs: 200}},
 	{"W16 p99.9 off", "same with the keys without TTLs: p99.9", "µs", false, "—", target{}},
 	{"W16 expired/s", "keys the primary deleted on expiry per second during W16's measurements (deadlines pass at 50k/s)", "/s", true, "—", target{}},
+	{"W17 p50", "watch delivery latency, Set on the primary to the event in a replica process, 100 watchers, 1000 Sets/s: p50", "µs", false, "—", target{}},
+	{"W17 p99", "same: p99", "µs", false, "—", target{}},
+	{"W17 max", "same: max", "µs", false, "—", target{}},
 }
 
 func findRow(id string) row {
@@ -187,6 +190,7 @@ func newResults(cfg config, redisVersion string) *results {
 			"resync_writes": cfg.resyncWrites, "value_size": cfg.valueSize,
 			"failover_keys": cfg.failoverKeys, "restart_keys": cfg.restartKeys,
 			"tx_size": cfg.txSize, "ttl_keys": cfg.ttlKeys, "expire_rate": cfg.expireRate,
+			"watchers": cfg.watchers, "watch_rate": cfg.watchRate,
 		},
 	}
 }

@@ -44,6 +44,7 @@ var workloads = []workload{
 	{[]string{"W13", "W14"}, "W13-W14 restart of a primary on its data, bytes on disk", restartFromDisk},
 	{[]string{"W15"}, "W15 replicated writes in atomic batches", batchWrites},
 	{[]string{"W16"}, "W16 W1 while keys expire", expiringWrites},
+	{[]string{"W17"}, "W17 watch delivery latency, 100 watchers", watchDelivery},
 }
 
 // startFilled starts a primary with two replicas, fills it with
