@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/replmap/replmap"
@@ -743,34 +744,34 @@ const watchPrefix = "watch:"
 // watchers is a replica process's W17 watchers: each ranges over Watch
 // and records, for every event, the time from the Set on the primary
 // (in the value) until the event reached it. The two processes share the
-// machine's clock.
+// machine's clock. Each watcher keeps its latencies to itself (no lock
+// between watchers), publishing only a count.
 type watchers struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	mu     sync.Mutex
-	lat    [][]time.Duration // per watcher
-	errs   []error
-	more   chan struct{} // signalled after each batch of events
+	lat    [][]time.Duration // per watcher; read once they have stopped
+	errs   []error           // likewise
+	seen   []atomic.Int64    // events each watcher has had
+	exited atomic.Int32      // watchers that returned early
+	more   chan struct{}     // signalled after events
 }
 
 func startWatchers(r *replmap.Replica[[]byte], n int, prefix string) *watchers {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &watchers{cancel: cancel, lat: make([][]time.Duration, n), errs: make([]error, n), more: make(chan struct{}, 1)}
+	w := &watchers{cancel: cancel, lat: make([][]time.Duration, n), errs: make([]error, n),
+		seen: make([]atomic.Int64, n), more: make(chan struct{}, 1)}
 	from := r.Offset()
 	for i := range n {
 		w.wg.Go(func() {
 			for ev, err := range r.Watch(ctx, prefix, from) {
 				if err != nil {
-					w.mu.Lock()
 					w.errs[i] = err
-					w.mu.Unlock()
+					w.exited.Add(1)
 					w.signal()
 					return
 				}
-				d := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(ev.Value)))
-				w.mu.Lock()
-				w.lat[i] = append(w.lat[i], d)
-				w.mu.Unlock()
+				w.lat[i] = append(w.lat[i], time.Duration(time.Now().UnixNano()-int64(binary.BigEndian.Uint64(ev.Value))))
+				w.seen[i].Add(1)
 				w.signal()
 			}
 		})
@@ -788,38 +789,38 @@ func (w *watchers) signal() {
 // wait returns once every watcher has had n events, or one has failed,
 // or a minute has passed; then it stops them.
 func (w *watchers) wait(n int) error {
-	defer func() {
-		w.cancel()
-		w.wg.Wait()
-	}()
 	timeout := time.After(time.Minute)
-	for {
-		w.mu.Lock()
-		done := true
-		for i, l := range w.lat {
-			if w.errs[i] != nil {
-				w.mu.Unlock()
-				return w.errs[i]
-			}
-			done = done && len(l) >= n
-		}
-		w.mu.Unlock()
-		if done {
-			return nil
-		}
+	var err error
+	for err == nil && w.exited.Load() == 0 && !w.allSeen(n) {
 		select {
 		case <-w.more:
 		case <-timeout:
-			return fmt.Errorf("watchers did not all get %d events in a minute", n)
+			err = fmt.Errorf("watchers did not all get %d events in a minute", n)
 		}
 	}
+	w.cancel()
+	w.wg.Wait()
+	for _, e := range w.errs {
+		if err == nil && e != nil && !errors.Is(e, context.Canceled) {
+			err = e
+		}
+	}
+	return err
 }
 
-// stats returns the p50, p99 and max of every watcher's latencies.
+func (w *watchers) allSeen(n int) bool {
+	for i := range w.seen {
+		if w.seen[i].Load() < int64(n) {
+			return false
+		}
+	}
+	return true
+}
+
+// stats returns the p50, p99 and max of every watcher's latencies, once
+// wait has stopped them.
 func (w *watchers) stats() (p50, p99, max time.Duration) {
-	w.mu.Lock()
 	all := slices.Concat(w.lat...)
-	w.mu.Unlock()
 	slices.Sort(all)
 	return percentile(all, 0.5), percentile(all, 0.99), percentile(all, 1)
 }
