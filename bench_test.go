@@ -263,6 +263,31 @@ func BenchmarkSetString(b *testing.B) {
 	}
 }
 
+// BenchmarkUpdate100 is one Update of 100 Sets, no replicas; the figure
+// is per Update (divide by 100 for a key).
+func BenchmarkUpdate100(b *testing.B) {
+	p, err := NewPrimary[[]byte]()
+	require.NoError(b, err)
+	defer p.Close()
+	keys := benchKeys(100000)
+	val := bytes.Repeat([]byte("v"), 100)
+	b.ReportAllocs()
+	b.SetBytes(100 * 100)
+	for i := 0; b.Loop(); i++ {
+		_, err := p.Update(func(tx *Tx[[]byte]) error {
+			for j := range 100 {
+				if err := tx.Set(keys[(i*100+j)%len(keys)], val); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkApplyTx100 is a replica's work for one TX record of 100 Sets:
 // parse, decode and apply under the shard locks.
 func BenchmarkApplyTx100(b *testing.B) {

@@ -2,6 +2,7 @@ package replmap
 
 import (
 	"errors"
+	"runtime"
 	"time"
 )
 
@@ -17,7 +18,7 @@ const (
 	// expiryBatch is how many keys a primary deletes per hold of its
 	// write lock, so that expiring many keys never stalls writers for
 	// more than a few tens of microseconds.
-	expiryBatch = 64
+	expiryBatch = 16
 )
 
 // TTL returns the time key has left to live: (remaining, true) for a key
@@ -116,5 +117,10 @@ func (p *Primary[V]) expireKeys(st *store[V], keys []string, t int64) (int, bool
 	if deleted > 0 {
 		n.wakeLinks()
 	}
+	// Let a writer that waited for the lock have it before the next
+	// batch: Unlock readied it on this P, and without a yield this
+	// goroutine would take the lock again first, batch after batch, for
+	// up to the millisecond after which sync.Mutex turns fair.
+	runtime.Gosched()
 	return deleted, err == nil
 }

@@ -48,6 +48,12 @@ type Primary[V any] struct {
 	moved error
 
 	frames sync.Pool // *[]byte scratch for encoding records
+
+	// txWrites and txIndex are the scratch of the Update under way, kept
+	// from one to the next so that an Update of many writes does not grow
+	// a slice and build a map each time; guarded by the node's writeMu.
+	txWrites []write[V]
+	txIndex  map[string]int
 }
 
 // NewPrimary returns a Primary with an empty store, starting a new history

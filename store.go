@@ -530,20 +530,33 @@ func (x *expiry) fix(i int) {
 	}
 }
 
-func (x *expiry) up(j int) {
+// up moves the item at j towards the root to its place. Items move
+// through a hole, so each one moved has its place recorded once; the item
+// itself has its place recorded only if it moved.
+func (x *expiry) up(j0 int) {
 	h := x.heap
+	it := h[j0]
+	j := j0
 	for j > 0 {
 		i := (j - 1) / 2
-		if h[i].at <= h[j].at {
+		if h[i].at <= it.at {
 			break
 		}
-		x.swap(i, j)
+		h[j] = h[i]
+		x.idx[h[j].key] = int32(j)
 		j = i
+	}
+	if j < j0 {
+		h[j] = it
+		x.idx[it.key] = int32(j)
 	}
 }
 
+// down moves the item at i0 away from the root to its place, as up does,
+// and reports whether it moved.
 func (x *expiry) down(i0 int) bool {
 	h := x.heap
+	it := h[i0]
 	i := i0
 	for {
 		j := 2*i + 1
@@ -553,20 +566,18 @@ func (x *expiry) down(i0 int) bool {
 		if r := j + 1; r < len(h) && h[r].at < h[j].at {
 			j = r
 		}
-		if h[i].at <= h[j].at {
+		if it.at <= h[j].at {
 			break
 		}
-		x.swap(i, j)
+		h[i] = h[j]
+		x.idx[h[i].key] = int32(i)
 		i = j
 	}
+	if i > i0 {
+		h[i] = it
+		x.idx[it.key] = int32(i)
+	}
 	return i > i0
-}
-
-func (x *expiry) swap(i, j int) {
-	h := x.heap
-	h[i], h[j] = h[j], h[i]
-	x.idx[h[i].key] = int32(i)
-	x.idx[h[j].key] = int32(j)
 }
 
 // countDue returns how many keys in the subheap at i are due at t. It

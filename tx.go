@@ -35,10 +35,11 @@ func (p *Primary[V]) Update(fn func(tx *Tx[V]) error) (offset uint64, err error)
 	}
 	n := p.n
 	buf := p.frameBuf()
-	tx := &Tx[V]{p: p, st: d.store, frame: append(beginFrame((*buf)[:0], frameTx), 0, 0, 0, 0)}
+	tx := &Tx[V]{p: p, st: d.store, frame: append(beginFrame((*buf)[:0], frameTx), 0, 0, 0, 0), ws: p.txWrites[:0]}
 	locked := true
 	defer func() {
 		tx.done = true
+		p.keepTxScratch(tx, locked)
 		if locked {
 			n.writeMu.Unlock()
 		}
@@ -64,6 +65,7 @@ func (p *Primary[V]) Update(fn func(tx *Tx[V]) error) (offset uint64, err error)
 	}
 	err = n.appendRecord(d, tx.frame, nil)
 	end := d.offset()
+	p.keepTxScratch(tx, true)
 	n.writeMu.Unlock()
 	locked = false
 	n.wakeLinks()
@@ -72,6 +74,30 @@ func (p *Primary[V]) Update(fn func(tx *Tx[V]) error) (offset uint64, err error)
 	}
 	return end, err
 }
+
+// keepTxScratch keeps tx's writes slice and key index for the next
+// Update, emptied so that they hold no keys or values, unless they grew
+// past what is worth keeping. It runs once per Update, with the write
+// lock held (held says whether it still is).
+func (p *Primary[V]) keepTxScratch(tx *Tx[V], held bool) {
+	if !held || tx.ws == nil {
+		return
+	}
+	ws, last := tx.ws, tx.last
+	tx.ws, tx.last = nil, nil
+	if cap(ws) > txScratchMax {
+		return
+	}
+	clear(ws)
+	p.txWrites = ws[:0]
+	if last != nil && len(last) <= txScratchMax {
+		clear(last)
+		p.txIndex = last
+	}
+}
+
+// txScratchMax is the largest Update whose scratch is kept for the next.
+const txScratchMax = 4096
 
 // Tx is the view of the map that the function given to [Primary.Update]
 // works through. Its reads see the map as it is under the write lock,
@@ -183,19 +209,25 @@ func (tx *Tx[V]) usable(key string) error {
 
 func (tx *Tx[V]) add(w write[V]) {
 	tx.ws = append(tx.ws, w)
-	switch n := len(tx.ws); {
-	case n == txIndexAt:
-		tx.last = make(map[string]int, 2*txIndexAt)
-		for i := range tx.ws {
-			tx.last[tx.ws[i].key] = i
-		}
-	case n > txIndexAt:
-		tx.last[w.key] = n - 1
+	if tx.last != nil {
+		tx.last[w.key] = len(tx.ws) - 1
 	}
 }
 
-// find returns the index of the last write to key, or -1.
+// find returns the index of the last write to key, or -1. Once the Tx
+// holds txIndexAt writes, the first find indexes them by key (a Tx that
+// only sets never pays for the index), and add keeps the index from then on.
 func (tx *Tx[V]) find(key string) int {
+	if tx.last == nil && len(tx.ws) >= txIndexAt {
+		tx.last = tx.p.txIndex
+		tx.p.txIndex = nil
+		if tx.last == nil {
+			tx.last = make(map[string]int, 2*len(tx.ws))
+		}
+		for i := range tx.ws {
+			tx.last[tx.ws[i].key] = i
+		}
+	}
 	if tx.last != nil {
 		if i, ok := tx.last[key]; ok {
 			return i

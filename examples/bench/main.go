@@ -70,10 +70,15 @@ type config struct {
 	failoverKeys   int           // W9, W10: keys in the primary
 	restartKeys    int           // W13, W14: keys in the primary
 	dataDir        string        // parent of both systems' data directories (W11–W14)
+	txSize         int           // W15: Sets per Update (Redis: per pipeline, per MULTI/EXEC)
+	ttlKeys        int           // W16: keys with a deadline
+	expireRate     int           // W16: deadlines passing per second
+	watchers       int           // W17: watchers in the replica process
+	watchRate      int           // W17: Sets per second
 	valueSize      int
 }
 
-var workloadIDs = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13", "W14"}
+var workloadIDs = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W13", "W14", "W15", "W16", "W17"}
 
 func parseFlags(args []string, out io.Writer) (config, error) {
 	var c config
@@ -83,7 +88,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary for -redis")
 	fs.StringVar(&c.redisBenchmark, "redis-benchmark", "redis-benchmark", "redis-benchmark binary for Redis's writes in W1 and W2 (\"\" to write with go-redis)")
 	fs.IntVar(&c.runs, "runs", 1, "runs of each workload; the table shows medians")
-	only := fs.String("only", "", "comma-separated workloads to run (default all: W1,...,W14); results.md and .json keep the rows of the others")
+	only := fs.String("only", "", "comma-separated workloads to run (default all: W1,...,W17); results.md and .json keep the rows of the others")
 	fs.StringVar(&c.out, "out", ".", "directory for results.md and results.json (\"\" for none)")
 	fs.BoolVar(&c.verbose, "v", false, "show the replica processes' logs")
 	fs.StringVar(&c.profileDir, "cpuprofile", "", "write CPU profiles of this process and every replica process to this directory")
@@ -99,6 +104,11 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.failoverKeys, "failover-keys", 1_000_000, "W9, W10: keys in the primary")
 	fs.IntVar(&c.restartKeys, "restart-keys", 1_000_000, "W13, W14: keys in the primary")
 	fs.StringVar(&c.dataDir, "data-dir", os.TempDir(), "W11-W14: where both systems' data directories go (one disk for both)")
+	fs.IntVar(&c.txSize, "tx-size", 100, "W15: Sets per Update (Redis: SETs per pipeline and per MULTI/EXEC)")
+	fs.IntVar(&c.ttlKeys, "ttl-keys", 1_000_000, "W16: keys with a deadline")
+	fs.IntVar(&c.expireRate, "expire-rate", 50_000, "W16: deadlines passing per second")
+	fs.IntVar(&c.watchers, "watchers", 100, "W17: watchers in the replica process")
+	fs.IntVar(&c.watchRate, "watch-rate", 1000, "W17: Sets per second, each an event for every watcher (for -ack-time)")
 	fs.IntVar(&c.valueSize, "value-size", 100, "bytes per value")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -122,6 +132,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		"-latency-ops": c.latencyOps, "-ack-workers": c.ackWorkers, "-sync-keys": c.syncKeys,
 		"-w6-rate": c.w6Rate, "-resync-writes": c.resyncWrites, "-value-size": c.valueSize,
 		"-failover-keys": c.failoverKeys, "-restart-keys": c.restartKeys,
+		"-tx-size": c.txSize, "-ttl-keys": c.ttlKeys, "-expire-rate": c.expireRate,
+		"-watchers": c.watchers, "-watch-rate": c.watchRate,
 	} {
 		if v <= 0 {
 			return c, fmt.Errorf("%s must be positive, got %d", name, v)
@@ -275,6 +287,26 @@ type system interface {
 	// primaryFullSyncs counts the full syncs the primary has served since it
 	// started.
 	primaryFullSyncs(ctx context.Context) (int, error)
+	// writeBatches writes keys[i] = vals[i] in batches of size, each
+	// applied as one (replmap: an Update), from as many clients as suit
+	// the system (W15). Redis pipelines the batches with redis-benchmark
+	// (not atomic), or with multi sends each as a MULTI/EXEC transaction.
+	writeBatches(ctx context.Context, keys []string, vals [][]byte, size int, multi bool) error
+	// fillTTL writes n keys named by ttlKey with values of valueSize
+	// bytes, the i-th to expire at first + i×every, or with a zero first
+	// without deadlines (W16).
+	fillTTL(ctx context.Context, n, valueSize int, first time.Time, every time.Duration) error
+	// markExpired notes how many keys the primary has deleted on expiry,
+	// and expiredSinceMark returns how many it has deleted since, given
+	// every key Set since (replmap counts deletions from its offset, and
+	// subtracts those Sets' records).
+	markExpired(ctx context.Context) error
+	expiredSinceMark(ctx context.Context, setKeys []string) (float64, error)
+	// watchLatency starts cfg.watchers watchers of a prefix on the first
+	// replica, writes n keys under it and returns the latencies from each
+	// Set on the primary to the event reaching a watcher (W17); ok is false
+	// for a system that has no watch to measure.
+	watchLatency(ctx context.Context, n int) (p50, p99, max time.Duration, ok bool, err error)
 }
 
 // durability is how a primary keeps its writes on disk.

@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,6 +28,10 @@ const (
 	redisBatch   = 100
 )
 
+// redisClients is how many connections redis-benchmark opens (its
+// default), and as many send MULTI/EXEC transactions in W15.
+const redisClients = 50
+
 // redisSystem runs redis-server processes on free loopback ports: one
 // primary and its replicas, each with its own directory, no persistence,
 // diskless sync and a 16 MiB backlog (replmap's default).
@@ -39,6 +45,8 @@ type redisSystem struct {
 	proxy     *proxy
 
 	durability durability // for the primaries start starts
+
+	markExpiredKeys float64 // INFO stats expired_keys at markExpired (W16)
 
 	baseHeap, baseRSS float64 // the last added replica's memory before it synced
 }
@@ -104,7 +112,26 @@ func (s *redisSystem) start(ctx context.Context, n int, viaProxy bool) (err erro
 			return err
 		}
 	}
-	return nil
+	return s.warm(ctx, n)
+}
+
+// warm returns once n replicas have acknowledged a write. A replica that
+// has just synced reports its link up before the primary streams to it:
+// the primary waits for its first REPLCONF ACK, which it sends from its
+// once-a-second cron, so a WAIT right after start took up to a second
+// more, whatever was written. The write is undone at once.
+func (s *redisSystem) warm(ctx context.Context, n int) error {
+	if n == 0 {
+		return nil
+	}
+	c := s.primary.client
+	if err := c.Set(ctx, "bench:warm", "1", 0).Err(); err != nil {
+		return err
+	}
+	if err := c.Del(ctx, "bench:warm").Err(); err != nil {
+		return err
+	}
+	return s.waitReplicas(ctx, n)
 }
 
 // persistence is the primary's persistence for s.durability: none, or an
@@ -539,4 +566,139 @@ func (s *redisSystem) restart(ctx context.Context) (time.Time, time.Duration, er
 func (s *redisSystem) primaryFullSyncs(ctx context.Context) (int, error) {
 	v, err := infoFloat(ctx, s.primary.client, "stats", "sync_full")
 	return int(v), err
+}
+
+// writeBatches pipelines the SETs size at a time with redis-benchmark over
+// the configured keyspace, as writeAll does (without redis-benchmark, with
+// go-redis pipelines of size), or with multi sends them as MULTI/EXEC
+// transactions of size SETs (see multiExec).
+func (s *redisSystem) writeBatches(ctx context.Context, keys []string, vals [][]byte, size int, multi bool) error {
+	if multi {
+		return s.multiExec(ctx, keys, vals, size)
+	}
+	if s.benchmark == "" {
+		return writeInBatches(ctx, redisWriters, size, keys, vals, s.setBatch)
+	}
+	cmd := exec.CommandContext(ctx, s.benchmark, "-h", "127.0.0.1", "-p", strconv.Itoa(s.primary.port),
+		"-t", "set", "-n", strconv.Itoa(len(keys)), "-r", strconv.Itoa(s.cfg.keyspace),
+		"-d", strconv.Itoa(s.cfg.valueSize), "-P", strconv.Itoa(size), "-c", strconv.Itoa(redisClients), "-q")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("redis-benchmark: %w: %s", err, out)
+	}
+	return nil
+}
+
+// multiExec sends the SETs as MULTI, size SETs, EXEC, one transaction in
+// flight on each of redisClients connections, as redis-benchmark keeps
+// one pipeline in flight on each of its. go-redis would spend more CPU
+// than Redis on two cores, so the transactions are encoded before the
+// clock starts and sent and read as raw RESP: the client's cost is a
+// write and a scan of the replies.
+func (s *redisSystem) multiExec(ctx context.Context, keys []string, vals [][]byte, size int) error {
+	var txs [][]byte
+	for i := 0; i < len(keys); i += size {
+		b := appendRESP(nil, []byte("MULTI"))
+		for j := i; j < min(i+size, len(keys)); j++ {
+			b = appendRESP(b, []byte("SET"), []byte(keys[j]), vals[j])
+		}
+		txs = append(txs, appendRESP(b, []byte("EXEC")))
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, redisClients)
+	addr := fmt.Sprintf("127.0.0.1:%d", s.primary.port)
+	for c := range redisClients {
+		wg.Go(func() {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				errs[c] = err
+				return
+			}
+			defer conn.Close()
+			stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+			defer stop()
+			r := bufio.NewReaderSize(conn, 64<<10)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(txs) {
+					return
+				}
+				if _, err := conn.Write(txs[i]); err != nil {
+					errs[c] = err
+					return
+				}
+				// +OK, a +QUEUED per SET, *n, then n +OK.
+				n := min(size, len(keys)-i*size)
+				for line := range 2*n + 2 {
+					b, err := r.ReadSlice('\n')
+					if err != nil {
+						errs[c] = err
+						return
+					}
+					if b[0] == '-' || line == n+1 && b[0] != '*' {
+						errs[c] = fmt.Errorf("MULTI/EXEC: %s", strings.TrimSpace(string(b)))
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// appendRESP appends a command in RESP, an array of bulk strings.
+func appendRESP(b []byte, args ...[]byte) []byte {
+	b = fmt.Appendf(b, "*%d\r\n", len(args))
+	for _, a := range args {
+		b = fmt.Appendf(b, "$%d\r\n", len(a))
+		b = append(append(b, a...), "\r\n"...)
+	}
+	return b
+}
+
+// fillTTL writes the keys with SET ... PXAT (an absolute deadline in
+// milliseconds, Redis 6.2+), or plain SETs for a zero first, in pipelines
+// of 1000.
+func (s *redisSystem) fillTTL(ctx context.Context, n, valueSize int, first time.Time, every time.Duration) error {
+	r := newRand()
+	vals := make([][]byte, 64)
+	for i := range vals {
+		vals[i] = randomValue(r, valueSize)
+	}
+	for lo := 0; lo < n; lo += 1000 {
+		_, err := s.primary.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := lo; i < min(lo+1000, n); i++ {
+				if first.IsZero() {
+					p.Set(ctx, ttlKey(i), vals[i%len(vals)], 0)
+					continue
+				}
+				at := first.Add(time.Duration(i) * every).UnixMilli()
+				p.Do(ctx, "SET", ttlKey(i), vals[i%len(vals)], "PXAT", at)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *redisSystem) markExpired(ctx context.Context) (err error) {
+	s.markExpiredKeys, err = infoFloat(ctx, s.primary.client, "stats", "expired_keys")
+	return err
+}
+
+func (s *redisSystem) expiredSinceMark(ctx context.Context, _ []string) (float64, error) {
+	v, err := infoFloat(ctx, s.primary.client, "stats", "expired_keys")
+	return v - s.markExpiredKeys, err
+}
+
+// watchLatency has no Redis counterpart measured here (keyspace
+// notifications are fire-and-forget pub/sub with no resume, not a
+// watch): ok is false.
+func (s *redisSystem) watchLatency(context.Context, int) (p50, p99, max time.Duration, ok bool, err error) {
+	return 0, 0, 0, false, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,9 +15,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/replmap/replmap"
@@ -37,6 +40,8 @@ type replmapSystem struct {
 
 	durability durability // for the primaries start starts
 	work       string     // their directory: data/ and a backup (W14)
+
+	markOffset uint64 // the primary's offset at markExpired (W16)
 }
 
 func newReplmapSystem(cfg config, stderr io.Writer) *replmapSystem {
@@ -511,6 +516,11 @@ func (rp *replicaProc) close() error {
 //	promote        promote the replica; answer with its address
 //	follow ADDR    re-point the replica; answer once it streams from ADDR
 //	waitpromoted   answer once a handover has promoted the replica
+//	watch N        start N watchers of the keys under watchPrefix, from
+//	               the replica's offset (W17)
+//	watchwait K    answer once every watcher has had K events, with the
+//	               p50, p99 and max of their delivery latencies in ns,
+//	               and stop them
 //
 // It exits, closing the replica, when stdin ends.
 func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
@@ -531,6 +541,7 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 	var addr string
 	var heap0, rss0 float64
 	baseline := false
+	var w *watchers
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		cmd, arg, _ := strings.Cut(sc.Text(), " ")
@@ -589,6 +600,26 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 				continue
 			}
 			fmt.Fprintln(out, "ok")
+		case cmd == "watch" && r != nil && w == nil:
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			w = startWatchers(r, n, watchPrefix)
+			fmt.Fprintln(out, "ok")
+		case cmd == "watchwait" && w != nil:
+			n, err := strconv.Atoi(arg)
+			if err == nil {
+				err = w.wait(n)
+			}
+			if err != nil {
+				fmt.Fprintf(out, "err %v\n", err)
+				continue
+			}
+			p50, p99, max := w.stats()
+			fmt.Fprintf(out, "ok %d %d %d\n", p50, p99, max)
+			w = nil
 		case cmd == "mem":
 			heap, rss := memoryNow()
 			if !baseline {
@@ -612,4 +643,213 @@ func replicaMain(in io.Reader, out io.Writer, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// writeBatches writes from cfg.writers goroutines, each calling Update
+// with size Sets (multi changes nothing: every Update is atomic).
+func (s *replmapSystem) writeBatches(ctx context.Context, keys []string, vals [][]byte, size int, _ bool) error {
+	return writeInBatches(ctx, s.cfg.writers, size, keys, vals, func(_ context.Context, keys []string, vals [][]byte) error {
+		_, err := s.p.Update(func(tx *replmap.Tx[[]byte]) error {
+			for i, k := range keys {
+				if err := tx.Set(k, vals[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		return err
+	})
+}
+
+// fillTTL writes the keys in Updates of 1000 SetTTLs (Sets for a zero
+// first), each key's TTL taken from the clock as it is written so that
+// its deadline is the one asked for. A key whose deadline has already
+// passed is left out.
+func (s *replmapSystem) fillTTL(_ context.Context, n, valueSize int, first time.Time, every time.Duration) error {
+	r := newRand()
+	vals := make([][]byte, 64)
+	for i := range vals {
+		vals[i] = randomValue(r, valueSize)
+	}
+	for lo := 0; lo < n; lo += 1000 {
+		_, err := s.p.Update(func(tx *replmap.Tx[[]byte]) error {
+			for i := lo; i < min(lo+1000, n); i++ {
+				if first.IsZero() {
+					if err := tx.Set(ttlKey(i), vals[i%len(vals)]); err != nil {
+						return err
+					}
+					continue
+				}
+				ttl := time.Until(first.Add(time.Duration(i) * every))
+				if ttl <= 0 {
+					continue
+				}
+				if err := tx.SetTTL(ttlKey(i), vals[i%len(vals)], ttl); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *replmapSystem) markExpired(context.Context) error {
+	s.markOffset = s.p.Offset()
+	return nil
+}
+
+// expiredSinceMark counts the primary's deletions on expiry from its
+// offset: the stream grew by the records of the Sets of setKeys (each
+// with a value of cfg.valueSize bytes) and by one DEL record per key
+// expired. The sizes of both records are read off a scratch primary.
+func (s *replmapSystem) expiredSinceMark(_ context.Context, setKeys []string) (float64, error) {
+	grown := s.p.Offset() - s.markOffset
+	set, del, err := recordSizes(s.cfg.valueSize)
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range setKeys {
+		grown -= set + uint64(len(k))
+	}
+	return float64(grown) / float64(del+uint64(len(ttlKey(0)))), nil
+}
+
+// recordSizes returns the bytes a Set of a value of valueSize bytes and a
+// Delete add to a primary's offset, beyond their key's length.
+func recordSizes(valueSize int) (set, del uint64, err error) {
+	p, err := replmap.NewPrimary[[]byte]()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer p.Close()
+	o0 := p.Offset()
+	if err := p.Set("k", make([]byte, valueSize)); err != nil {
+		return 0, 0, err
+	}
+	o1 := p.Offset()
+	if err := p.Delete("k"); err != nil {
+		return 0, 0, err
+	}
+	return o1 - o0 - 1, p.Offset() - o1 - 1, nil
+}
+
+// watchPrefix is the prefix of the keys W17 writes and watches. Their
+// values begin with the Unix time in nanoseconds just before the Set.
+const watchPrefix = "watch:"
+
+// watchers is a replica process's W17 watchers: each ranges over Watch
+// and records, for every event, the time from the Set on the primary
+// (in the value) until the event reached it. The two processes share the
+// machine's clock. Each watcher keeps its latencies to itself (no lock
+// between watchers), publishing only a count.
+type watchers struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	lat    [][]time.Duration // per watcher; read once they have stopped
+	errs   []error           // likewise
+	seen   []atomic.Int64    // events each watcher has had
+	exited atomic.Int32      // watchers that returned early
+	more   chan struct{}     // signalled after events
+}
+
+func startWatchers(r *replmap.Replica[[]byte], n int, prefix string) *watchers {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watchers{cancel: cancel, lat: make([][]time.Duration, n), errs: make([]error, n),
+		seen: make([]atomic.Int64, n), more: make(chan struct{}, 1)}
+	from := r.Offset()
+	for i := range n {
+		w.wg.Go(func() {
+			for ev, err := range r.Watch(ctx, prefix, from) {
+				if err != nil {
+					w.errs[i] = err
+					w.exited.Add(1)
+					w.signal()
+					return
+				}
+				w.lat[i] = append(w.lat[i], time.Duration(time.Now().UnixNano()-int64(binary.BigEndian.Uint64(ev.Value))))
+				w.seen[i].Add(1)
+				w.signal()
+			}
+		})
+	}
+	return w
+}
+
+func (w *watchers) signal() {
+	select {
+	case w.more <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns once every watcher has had n events, or one has failed,
+// or a minute has passed; then it stops them.
+func (w *watchers) wait(n int) error {
+	timeout := time.After(time.Minute)
+	var err error
+	for err == nil && w.exited.Load() == 0 && !w.allSeen(n) {
+		select {
+		case <-w.more:
+		case <-timeout:
+			err = fmt.Errorf("watchers did not all get %d events in a minute", n)
+		}
+	}
+	w.cancel()
+	w.wg.Wait()
+	for _, e := range w.errs {
+		if err == nil && e != nil && !errors.Is(e, context.Canceled) {
+			err = e
+		}
+	}
+	return err
+}
+
+func (w *watchers) allSeen(n int) bool {
+	for i := range w.seen {
+		if w.seen[i].Load() < int64(n) {
+			return false
+		}
+	}
+	return true
+}
+
+// stats returns the p50, p99 and max of every watcher's latencies, once
+// wait has stopped them.
+func (w *watchers) stats() (p50, p99, max time.Duration) {
+	all := slices.Concat(w.lat...)
+	slices.Sort(all)
+	return percentile(all, 0.5), percentile(all, 0.99), percentile(all, 1)
+}
+
+// watchLatency starts cfg.watchers watchers in the replica process, writes
+// n keys under watchPrefix at cfg.watchRate a second, each value the time
+// of its Set, and returns the watchers' delivery latencies (W17).
+func (s *replmapSystem) watchLatency(ctx context.Context, n int) (p50, p99, max time.Duration, ok bool, err error) {
+	rp := s.replicas[0]
+	if _, err := rp.call(ctx, "watch "+strconv.Itoa(s.cfg.watchers)); err != nil {
+		return 0, 0, 0, false, err
+	}
+	val := make([]byte, s.cfg.valueSize)
+	every := time.Second / time.Duration(s.cfg.watchRate)
+	next := time.Now()
+	for i := range n {
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		next = next.Add(every)
+		binary.BigEndian.PutUint64(val, uint64(time.Now().UnixNano()))
+		if err := s.p.Set(watchPrefix+strconv.Itoa(i), val); err != nil {
+			return 0, 0, 0, false, err
+		}
+	}
+	reply, err := rp.call(ctx, "watchwait "+strconv.Itoa(n))
+	if err != nil {
+		return 0, 0, 0, false, err
+	}
+	_, err = fmt.Sscanf(reply, "%d %d %d", &p50, &p99, &max)
+	return p50, p99, max, true, err
 }

@@ -99,6 +99,17 @@ var rows = []row{
 	{"W13 full syncs", "full syncs the restart took", "", false, "—", target{}},
 	{"W14 dir", "bytes on disk per key, 1M × 100 B: data directory, once its snapshot is written (Redis: AOF directory, after its rewrite)", "B", false, "—", target{}},
 	{"W14 snapshot", "bytes on disk per key: one snapshot (replmap: Backup, the directory's snapshot format; Redis: RDB)", "B", false, "—", target{}},
+	{"W15", "replicated keys/s, W1's writes as Updates of 100 Sets, 1 replica, until caught up (Redis: redis-benchmark -P 100, not atomic)", "/s", true, "—", target{factor: 5}},
+	{"W15 multi", "same (Redis: MULTI/EXEC of 100 SETs, 50 clients)", "/s", true, "—", target{factor: 5}},
+	{"W16", "W1 on a primary holding 1M keys with TTLs expiring at 50k/s (Redis: SET PXAT)", "/s", true, "—", target{}},
+	{"W16 no TTL", "W1 on a primary holding 1M keys without TTLs", "/s", true, "—", target{}},
+	{"W16 cost", "how much slower W16 is than W16 no TTL, in the same run", "%", false, "—", target{abs: 10}},
+	{"W16 p99.9", "primary Set latency, 20k Sets/s, while the keys expire: p99.9", "µs", false, "—", target{abs: 200}},
+	{"W16 p99.9 off", "same with the keys without TTLs: p99.9", "µs", false, "—", target{}},
+	{"W16 expired/s", "keys the primary deleted on expiry per second during W16's measurements (deadlines pass at 50k/s)", "/s", true, "—", target{}},
+	{"W17 p50", "watch delivery latency, Set on the primary to the event in a replica process, 100 watchers, 1000 Sets/s: p50", "µs", false, "—", target{}},
+	{"W17 p99", "same: p99", "µs", false, "—", target{}},
+	{"W17 max", "same: max", "µs", false, "—", target{}},
 }
 
 func findRow(id string) row {
@@ -178,6 +189,8 @@ func newResults(cfg config, redisVersion string) *results {
 			"ack_time": cfg.ackTime.String(), "sync_keys": cfg.syncKeys, "w6_rate": cfg.w6Rate,
 			"resync_writes": cfg.resyncWrites, "value_size": cfg.valueSize,
 			"failover_keys": cfg.failoverKeys, "restart_keys": cfg.restartKeys,
+			"tx_size": cfg.txSize, "ttl_keys": cfg.ttlKeys, "expire_rate": cfg.expireRate,
+			"watchers": cfg.watchers, "watch_rate": cfg.watchRate,
 		},
 	}
 }

@@ -42,6 +42,9 @@ var workloads = []workload{
 	{[]string{"W11"}, "W11 durable writes, fsync always", durableWrites},
 	{[]string{"W12"}, "W12 W1 with a data directory, fsync every second", everySecondCost},
 	{[]string{"W13", "W14"}, "W13-W14 restart of a primary on its data, bytes on disk", restartFromDisk},
+	{[]string{"W15"}, "W15 replicated writes in atomic batches", batchWrites},
+	{[]string{"W16"}, "W16 W1 while keys expire", expiringWrites},
+	{[]string{"W17"}, "W17 watch delivery latency, 100 watchers", watchDelivery},
 }
 
 // startFilled starts a primary with two replicas, fills it with
@@ -123,19 +126,7 @@ func replicatedWrites(ctx context.Context, s system, cfg config, n int) (float64
 		return 0, err
 	}
 	defer s.stop()
-	r := newRand()
-	names := keyNames(cfg.keyspace)
-	values := make([][]byte, cfg.keyspace)
-	for i := range values {
-		values[i] = randomValue(r, cfg.valueSize)
-	}
-	keys := make([]string, cfg.writes)
-	vals := make([][]byte, cfg.writes)
-	for i := range keys {
-		k := int(r.Uint64() % uint64(cfg.keyspace))
-		keys[i], vals[i] = names[k], values[k]
-	}
-
+	keys, vals := w1Writes(cfg)
 	start := time.Now()
 	if err := s.writeAll(ctx, keys, vals); err != nil {
 		return 0, err
@@ -146,9 +137,34 @@ func replicatedWrites(ctx context.Context, s system, cfg config, n int) (float64
 	return float64(len(keys)) / time.Since(start).Seconds(), nil
 }
 
+// w1Writes returns W1's writes: cfg.writes random keys of a keyspace of
+// cfg.keyspace, each key with its own random value.
+func w1Writes(cfg config) (keys []string, vals [][]byte) {
+	r := newRand()
+	names := keyNames(cfg.keyspace)
+	values := make([][]byte, cfg.keyspace)
+	for i := range values {
+		values[i] = randomValue(r, cfg.valueSize)
+	}
+	keys = make([]string, cfg.writes)
+	vals = make([][]byte, cfg.writes)
+	for i := range keys {
+		k := int(r.Uint64() % uint64(cfg.keyspace))
+		keys[i], vals[i] = names[k], values[k]
+	}
+	return keys, vals
+}
+
 // writeConcurrently splits the writes between n goroutines, each calling
 // setBatch on batches of redisBatch.
 func writeConcurrently(ctx context.Context, n int, keys []string, vals [][]byte,
+	setBatch func(context.Context, []string, [][]byte) error) error {
+	return writeInBatches(ctx, n, redisBatch, keys, vals, setBatch)
+}
+
+// writeInBatches splits the writes between n goroutines, each calling
+// setBatch on batches of size.
+func writeInBatches(ctx context.Context, n, size int, keys []string, vals [][]byte,
 	setBatch func(context.Context, []string, [][]byte) error) error {
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -156,8 +172,8 @@ func writeConcurrently(ctx context.Context, n int, keys []string, vals [][]byte,
 	for w := range n {
 		lo, hi := min(w*chunk, len(keys)), min((w+1)*chunk, len(keys))
 		wg.Go(func() {
-			for i := lo; i < hi && errs[w] == nil; i += redisBatch {
-				j := min(i+redisBatch, hi)
+			for i := lo; i < hi && errs[w] == nil; i += size {
+				j := min(i+size, hi)
 				errs[w] = setBatch(ctx, keys[i:j], vals[i:j])
 			}
 		})
