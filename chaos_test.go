@@ -146,6 +146,7 @@ type chaosRun struct {
 	ops      []porcupine.Operation
 	lines    map[string]*chaosLine // by replication ID
 	writes   int                   // records the write hooks saw
+	watches  []*chaosWatch         // every session of the replicas' watchers
 	failures []string
 	stats    map[string]int
 }
@@ -169,8 +170,9 @@ type chaosPrimary struct {
 type chaosLine struct {
 	id      string
 	parent  *chaosLine
-	fork    uint64         // the offset up to which it continues parent
-	records []streamRecord // guarded by chaosRun.mu
+	fork    uint64          // the offset up to which it continues parent
+	records []streamRecord  // guarded by chaosRun.mu
+	events  []Event[string] // every write as a watch yields it; guarded by chaosRun.mu
 }
 
 // shared returns how far l and to hold the same stream, if to is l or
@@ -328,6 +330,11 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 	}
 	for i, s := range c.slots {
 		wg.Go(func() { c.replicaReader(ctx, s, rand.New(rand.NewPCG(seed, uint64(400+i)))) })
+		if !c.durable { // one history: the check follows no restarts
+			wg.Go(func() {
+				c.replicaWatcher(ctx, s, chaosWatchPrefixes[i%len(chaosWatchPrefixes)], rand.New(rand.NewPCG(seed, uint64(500+i))))
+			})
+		}
 	}
 	c.faults(rng)
 	stop()
@@ -336,6 +343,9 @@ func runChaos(t *testing.T, seed uint64, tr transport.Transport, proxyAddr func(
 	c.checkLinearizable()
 	c.checkReplicaReads()
 	c.checkAcknowledged()
+	if !c.durable {
+		c.checkWatches(c.primary().line)
+	}
 	c.mu.Lock()
 	for _, f := range c.failures {
 		t.Error(f)
@@ -391,6 +401,11 @@ func (c *chaosRun) openPrimary() *chaosPrimary {
 		i++
 	}
 	line.records = slices.Clone(line.parent.records[:i])
+	j := 0
+	for j < len(line.parent.events) && line.parent.events[j].Offset <= line.fork {
+		j++
+	}
+	line.events = slices.Clone(line.parent.events[:j])
 	c.stats["writes lost to crashes"] += len(line.parent.records) - i
 	if at := line.fork; at > 0 && (i == 0 || line.records[i-1].end != at) {
 		c.failures = append(c.failures, fmt.Sprintf("primary restarted at offset %d, not at the end of a write", at))
@@ -464,12 +479,17 @@ func (c *chaosRun) count(kind string) {
 // records arrive in stream order.
 func (c *chaosRun) recordWrite(line *chaosLine, frame []byte, end uint64) {
 	recs, err := decodeRecord(frame, end)
+	var evs []Event[string]
+	if err == nil {
+		evs, err = watchEvents(frame, end)
+	}
 	if err != nil {
 		c.fail("write hook: %v", err)
 		return
 	}
 	c.mu.Lock()
 	line.records = append(line.records, recs...)
+	line.events = append(line.events, evs...)
 	c.writes++
 	switch frameType(frame[4]) {
 	case frameTx:
