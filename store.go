@@ -313,16 +313,24 @@ func (s *store[V]) set(key string, v V) {
 // contains reports whether key is in the store, whether or not its
 // deadline has passed.
 func (s *store[V]) contains(key string) bool {
+	ok, _ := s.lookup(key)
+	return ok
+}
+
+// lookup reports whether key is in the store (whether or not its deadline
+// has passed) and its deadline, 0 for none.
+func (s *store[V]) lookup(key string) (bool, int64) {
 	sh := s.shard(key)
 	sh.mu.RLock()
+	defer sh.mu.RUnlock()
 	var ok bool
 	if s.packed {
 		_, ok = sh.p[key]
 	} else {
 		_, ok = sh.m[key]
 	}
-	sh.mu.RUnlock()
-	return ok
+	at, _ := sh.exp.deadline(key)
+	return ok, at
 }
 
 // len returns the number of keys, less those whose deadline has passed.
@@ -346,20 +354,11 @@ func (s *store[V]) len() int {
 // ttl returns the time key has left: (remaining, true) with a deadline,
 // (0, true) without one, (0, false) for a key missing or expired.
 func (s *store[V]) ttl(key string) (time.Duration, bool) {
-	sh := s.shard(key)
-	sh.mu.RLock()
-	var ok bool
-	if s.packed {
-		_, ok = sh.p[key]
-	} else {
-		_, ok = sh.m[key]
-	}
-	at, has := sh.exp.deadline(key)
-	sh.mu.RUnlock()
+	ok, at := s.lookup(key)
 	switch {
 	case !ok:
 		return 0, false
-	case !has:
+	case at == 0:
 		return 0, true
 	}
 	left := time.Duration(at - now())
