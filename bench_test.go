@@ -318,3 +318,33 @@ func BenchmarkApplyTx100(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkExpiryChurn is the deadline index under W16's load: 1M keys
+// with deadlines, and per op the earliest key of a shard expiring and a
+// new key taking a later deadline.
+func BenchmarkExpiryChurn(b *testing.B) {
+	st := newStore[[]byte]()
+	const n = 1 << 20
+	val := []byte("v")
+	base := int64(1) << 40
+	keys := make([]string, 2*n)
+	for i := range keys {
+		keys[i] = "k" + strconv.Itoa(i)
+	}
+	for i := range n {
+		w := st.setWrite(keys[i], val, base+int64(i))
+		st.apply(&w)
+	}
+	next := n
+	var due []string
+	for i := 0; b.Loop(); i++ {
+		t := base + int64(next-n) + int64(n/2)
+		due = st.dueKeys(i%shardCount, t, due[:0], 1)
+		for _, k := range due {
+			st.expire(k, t)
+		}
+		w := st.setWrite(keys[next%len(keys)], val, base+int64(next))
+		st.apply(&w)
+		next++
+	}
+}

@@ -169,7 +169,7 @@ func checkExpiry(t *testing.T, x *expiry, model map[string]int64, rng *rand.Rand
 		t.Fatalf("%s: heap %d, idx %d, model %d keys", where, len(x.heap), len(x.idx), len(model))
 	}
 	for i, it := range x.heap {
-		if i > 0 && x.heap[(i-1)/2].at > it.at {
+		if i > 0 && x.heap[(i-1)/expArity].at > it.at {
 			t.Fatalf("%s: heap property broken at %d", where, i)
 		}
 		if j, ok := x.idx[it.key]; !ok || int(j) != i {
