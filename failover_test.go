@@ -835,3 +835,32 @@ func TestAckBeforeSyncIsAProtocolError(t *testing.T) {
 	require.NoError(t, err)
 	waitFor(t, "the link dropped", func() bool { return len(p.Info().Replicas) == 0 })
 }
+
+// A Serve that starts only after its Replica was promoted (a goroutine
+// scheduled late) serves for the Primary it became, rather than closing
+// the listener: ExamplePrimary_Handover hung once on a loaded machine
+// when r.Serve ran after the handover had promoted r.
+func TestServeAfterPromotion(t *testing.T) {
+	net := transport.NewInmem()
+	p := startPrimary[string](t, net, "p")
+	r := startReplica[string](t, net, "p")
+	waitSynced(t, r)
+	require.NoError(t, p.Set("a", "1"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, r.WaitOffset(ctx, p.Offset()))
+	np, err := r.Promote()
+	require.NoError(t, err)
+	l, err := net.Listen("r")
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- r.Serve(l) }()
+	sub := startReplica[string](t, net, "r")
+	waitSynced(t, sub)
+	require.NoError(t, np.Set("b", "2"))
+	require.NoError(t, sub.WaitOffset(ctx, np.Offset()))
+	v, _ := sub.Get("b")
+	assert.Equal(t, "2", v)
+	require.NoError(t, np.Close())
+	assert.ErrorIs(t, <-served, ErrClosed)
+}

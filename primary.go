@@ -154,14 +154,12 @@ func newPrimaryHandle[V any](n *node[V], cfg config) *Primary[V] {
 //
 // The listener outlives role changes: after Demote, the Replica serves it
 // to sub-replicas, and Serve returns only when the object that serves l
-// last is closed. It returns ErrClosed then (Close closes l), ErrClosed at
-// once if p is already closed, or l's error.
+// last is closed. (So a Serve that starts only after a Demote or a
+// handover, as a goroutine may, serves for the Replica p became.) It
+// returns ErrClosed then (Close closes l), ErrClosed at once if p is
+// already closed and did not become a Replica, or l's error.
 func (p *Primary[V]) Serve(l net.Listener) error {
-	if p.closed() {
-		l.Close()
-		return ErrClosed
-	}
-	return p.n.serve(l)
+	return p.n.serve(l) // ErrClosed, closing l, if the node is closed
 }
 
 // Close stops the Primary: it closes every listener given to Serve and

@@ -282,13 +282,10 @@ func (r *Replica[V]) WaitOffset(ctx context.Context, offset uint64) error {
 //
 // The listener outlives role changes: after Promote, the Primary serves
 // it, and Serve returns only when the object that serves l last is
-// closed. It returns ErrClosed then, ErrClosed at once if r is closed, or
-// l's error.
+// closed. (So a Serve that starts only after a promotion, as a goroutine
+// may, serves for the Primary r became.) It returns ErrClosed then,
+// ErrClosed at once if r is closed and was not promoted, or l's error.
 func (r *Replica[V]) Serve(l net.Listener) error {
-	if r.isClosed.Load() {
-		l.Close()
-		return ErrClosed
-	}
 	addr := l.Addr().String()
 	r.advertise.CompareAndSwap(nil, &addr) // the first listener, unless WithAdvertiseAddr
 	return r.n.serve(l)
