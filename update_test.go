@@ -47,7 +47,7 @@ const (
 	atomAccounts = 20
 	atomGroup    = 7
 	atomTotal    = atomAccounts * 100
-	atomUpdates  = 500
+	atomUpdates  = 400
 )
 
 func atomAccount(i int) string { return fmt.Sprintf("acct%02d", i) }
