@@ -300,7 +300,8 @@ func (p *Primary[V]) set(key string, value V, at int64) error {
 		n := p.n
 		var d *dataset[V]
 		pre := n.data().store
-		w := pre.setWrite(key, value, at)
+		var w write[V]
+		pre.prepareSet(&w, key, value, at)
 		if d, err = p.lockForWrite(); err == nil {
 			if d.store != pre {
 				w.sh = d.store.shardIndex(key) // the data was replaced meanwhile

@@ -195,7 +195,9 @@ func (tx *Tx[V]) set(key string, value V, at int64) error {
 	tx.frame = appendString(tx.frame, key)
 	tx.frame = binary.AppendUvarint(tx.frame, uint64(len(tx.value)))
 	tx.frame = append(tx.frame, tx.value...)
-	tx.add(tx.st.setWrite(key, value, at))
+	tx.ws = append(tx.ws, write[V]{})
+	tx.st.prepareSet(&tx.ws[len(tx.ws)-1], key, value, at)
+	tx.indexLast()
 	return nil
 }
 
@@ -209,8 +211,14 @@ func (tx *Tx[V]) usable(key string) error {
 
 func (tx *Tx[V]) add(w write[V]) {
 	tx.ws = append(tx.ws, w)
+	tx.indexLast()
+}
+
+// indexLast indexes the last write, if the writes are indexed.
+func (tx *Tx[V]) indexLast() {
 	if tx.last != nil {
-		tx.last[w.key] = len(tx.ws) - 1
+		n := len(tx.ws) - 1
+		tx.last[tx.ws[n].key] = n
 	}
 }
 
