@@ -273,8 +273,8 @@ func parseOps(ops []op, t frameType, payload []byte, maxKey, maxValue int) ([]op
 // is scratch for the prepared writes, returned for reuse.
 func applyOps[V any](st *store[V], ops []op, ws []write[V]) ([]write[V], error) {
 	if len(ops) == 1 {
-		w, err := recordWrite(st, ops[0])
-		if err != nil {
+		var w write[V]
+		if err := prepareRecord(st, &w, ops[0]); err != nil {
 			return ws, err
 		}
 		st.apply(&w)
@@ -282,12 +282,11 @@ func applyOps[V any](st *store[V], ops []op, ws []write[V]) ([]write[V], error) 
 	}
 	ws = ws[:0]
 	for _, o := range ops {
-		w, err := recordWrite(st, o)
-		if err != nil {
+		ws = append(ws, write[V]{})
+		if err := prepareRecord(st, &ws[len(ws)-1], o); err != nil {
 			clear(ws)
 			return ws[:0], err
 		}
-		ws = append(ws, w)
 	}
 	st.applyAll(ws)
 	clear(ws) // hold no keys or values between records

@@ -150,8 +150,8 @@ func (p *parallelLoad[V]) workerErr() error {
 // and returns by how much the store's key count and count of keys with a
 // deadline change.
 func applyItem[V any](st *store[V], it loadItem) (dn, dt int, err error) {
-	w, err := recordWrite(st, it.o)
-	if err != nil {
+	var w write[V]
+	if err := prepareRecord(st, &w, it.o); err != nil {
 		return 0, 0, err
 	}
 	_, dn, dt = st.applyLocked(&st.shards[it.shard], &w)

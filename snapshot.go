@@ -229,7 +229,7 @@ func (s *snapshotLoader[V]) chunk(t frameType, payload []byte) error {
 			err = s.par.add(loadItem{o: o, shard: s.store.shardOf(o.key)})
 		} else {
 			var w write[V]
-			if w, err = recordWrite(s.store, o); err == nil {
+			if err = prepareRecord(s.store, &w, o); err == nil {
 				s.store.apply(&w)
 			}
 		}
