@@ -114,6 +114,7 @@ func (p *Primary[V]) expireKeys(st *store[V], keys []string, t int64) (int, bool
 	}
 	n.writeMu.Unlock()
 	p.putFrameBuf(buf, frame)
+	n.expired.Add(uint64(deleted))
 	if deleted > 0 {
 		n.wakeLinks()
 	}

@@ -67,6 +67,7 @@ type node[V any] struct {
 	durableWaits waitList    // a Primary's blocked WaitDurables
 	offsets      offsetWaits // a Replica's blocked WaitOffsets
 
+	expired      atomic.Uint64 // keys a primary deleted on expiry
 	fullSyncs    atomic.Uint64 // full syncs served
 	partialSyncs atomic.Uint64 // partial resyncs served
 	droppedSlow  atomic.Uint64

@@ -399,6 +399,7 @@ func (p *Primary[V]) Info() PrimaryInfo {
 		Offset:        end,
 		FullSyncs:     n.fullSyncs.Load(),
 		PartialSyncs:  n.partialSyncs.Load(),
+		Expired:       n.expired.Load(),
 		DroppedSlow:   n.droppedSlow.Load(),
 		BacklogFirst:  start,
 		BacklogBytes:  int(end - start),

@@ -125,6 +125,7 @@ type PrimaryInfo struct {
 	DurableOffset uint64        // the data directory holds the stream up to here (0 without one)
 	FullSyncs     uint64        // full syncs served since start
 	PartialSyncs  uint64        // partial resyncs served since start
+	Expired       uint64        // keys deleted because their TTL ran out, since start
 	DroppedSlow   uint64        // links dropped since start for falling past a replica buffer limit
 	BacklogFirst  uint64        // oldest offset a replica can resume from
 	BacklogBytes  int           // stream bytes the backlog holds now

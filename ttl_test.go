@@ -509,6 +509,7 @@ func TestTTLExpiresManyInBatches(t *testing.T) {
 		time.Sleep(time.Second + expiryInterval)
 		synctest.Wait()
 		assert.EqualValues(t, 10000, dels.Load())
+		assert.EqualValues(t, 10000, p.Info().Expired)
 		assert.EqualValues(t, 10, st.n.Load())
 		assert.Zero(t, st.ttls.Load())
 		for i := range st.shards {
