@@ -35,7 +35,9 @@
 // A watch event's id ("41+2": the offset of the last whole write before
 // it, and how many changes of the next one were sent) resumes the stream
 // exactly, mid-Update too: a browser's EventSource sends it back as
-// Last-Event-ID when it reconnects, and from= takes one as well.
+// Last-Event-ID when it reconnects, and from= takes one as well. An idle
+// stream gets a ": keep-alive" comment every -keepalive (15 s), so that
+// proxies do not drop it.
 //
 // A read that sends X-Replmap-Offset: N waits (up to -wait) until the
 // instance has applied offset N, and fails with 504 if it has not by then.
@@ -91,6 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	dataDir := fs.String("data", "", "keep this instance's data in `DIR` across restarts (one directory per instance)")
 	sessionTTL := fs.Duration("session-ttl", 30*time.Minute, "TTL of a session created without ?ttl=")
 	wait := fs.Duration("wait", 2*time.Second, "how long a read waits for the offset in its X-Replmap-Offset header")
+	keepAlive := fs.Duration("keepalive", 15*time.Second, "how often an idle /watch stream gets a keep-alive comment (0: never)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: service [flags] (go doc ./examples/service for endpoints and a three-instance example)")
 		fs.PrintDefaults()
@@ -104,7 +107,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if *sessionTTL <= 0 || *wait <= 0 {
 		return errors.New("-session-ttl and -wait must be positive")
 	}
-	cfg := config{sessionTTL: *sessionTTL, waitTimeout: *wait}
+	cfg := config{sessionTTL: *sessionTTL, waitTimeout: *wait, keepAlive: *keepAlive}
 	if *primaryHTTP != "" {
 		if *primaryAddr == "" {
 			return errors.New("-primary-http is for replicas: give -primary too")

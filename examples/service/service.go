@@ -68,6 +68,10 @@ type config struct {
 	sessionTTL time.Duration
 	// waitTimeout bounds how long a read waits for its offset token.
 	waitTimeout time.Duration
+	// keepAlive is how often an idle /watch stream gets a comment line,
+	// so that proxies and load balancers do not drop it as idle; 0 for
+	// never.
+	keepAlive time.Duration
 }
 
 // service is the HTTP handler of one instance. Reads come from its Node;

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/replmap/replmap"
 )
@@ -134,12 +137,41 @@ func (s *service) watch(w http.ResponseWriter, r *http.Request) {
 	if rc.Flush() != nil {
 		return
 	}
+	// Events and keep-alives are written by two goroutines, one at a time;
+	// the keep-alive goroutine is gone before the handler returns.
+	var mu sync.Mutex
+	send := func(write func()) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		write()
+		return rc.Flush() == nil
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // stops the keep-alives, before wg.Wait
+	if s.cfg.keepAlive > 0 {
+		wg.Go(func() {
+			t := time.NewTicker(s.cfg.keepAlive)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				if !send(func() { io.WriteString(w, ": keep-alive\n\n") }) {
+					cancel() // the client is gone
+					return
+				}
+			}
+		})
+	}
 	for ev, err := range s.node.Watch(ctx, prefix, c.done) {
 		switch {
 		case errors.Is(err, replmap.ErrCompacted):
-			sendEvent(w, "", "relist", map[string]string{"error": err.Error()})
+			send(func() { sendEvent(w, "", "relist", map[string]string{"error": err.Error()}) })
 		case err != nil && ctx.Err() == nil && !errors.Is(err, replmap.ErrClosed):
-			sendEvent(w, "", "error", map[string]string{"error": err.Error()})
+			send(func() { sendEvent(w, "", "error", map[string]string{"error": err.Error()}) })
 		case err == nil && !c.advance(ev.Offset):
 			continue
 		case err == nil:
@@ -147,8 +179,10 @@ func (s *service) watch(w http.ResponseWriter, r *http.Request) {
 			if ev.Deleted {
 				kind = "delete"
 			}
-			sendEvent(w, c.String(), kind, change{Key: ev.Key, Value: ev.Value, Deleted: ev.Deleted, Offset: ev.Offset})
-			if rc.Flush() == nil {
+			id := c.String()
+			if send(func() {
+				sendEvent(w, id, kind, change{Key: ev.Key, Value: ev.Value, Deleted: ev.Deleted, Offset: ev.Offset})
+			}) {
 				continue
 			}
 		}

@@ -41,7 +41,12 @@ func (c *cluster) watch(url string, hdr ...string) (events <-chan sse, stop func
 		sc := bufio.NewScanner(resp.Body)
 		var ev sse
 		for sc.Scan() {
-			name, v, _ := strings.Cut(sc.Text(), ": ")
+			line := sc.Text()
+			if strings.HasPrefix(line, ":") { // a comment: a keep-alive
+				ev = sse{event: "comment", data: strings.TrimSpace(line[1:])}
+				line = ""
+			}
+			name, v, _ := strings.Cut(line, ": ")
 			switch name {
 			case "id":
 				ev.id = v
@@ -50,6 +55,9 @@ func (c *cluster) watch(url string, hdr ...string) (events <-chan sse, stop func
 			case "data":
 				ev.data = v
 			case "":
+				if ev == (sse{}) {
+					continue // the blank line after a comment
+				}
 				select {
 				case ch <- ev:
 				case <-ctx.Done():
@@ -195,6 +203,28 @@ func TestWatch(t *testing.T) {
 	// Shutting an instance down ends its streams.
 	r1.svc.close()
 	ended(t, resumed)
+}
+
+// TestWatchKeepAlive checks that an idle stream gets keep-alive comments,
+// and that events still come between them.
+func TestWatchKeepAlive(t *testing.T) {
+	c := newCluster(t)
+	in := c.serve(c.p, config{sessionTTL: time.Minute, waitTimeout: time.Second, keepAlive: 5 * time.Millisecond})
+	events, stop := c.watch(in.url + "/watch?prefix=k")
+	defer stop()
+	ev := <-events
+	require.Equal(t, sse{event: "comment", data: "keep-alive"}, ev)
+	resp, _ := c.do("PUT", in.url+"/kv/k1", "v")
+	require.Equal(t, http.StatusNoContent, resp.StatusCode)
+	for ev = range events {
+		if ev.event != "comment" {
+			break
+		}
+	}
+	require.Equal(t, "put", ev.event)
+	var ch change
+	require.NoError(t, json.Unmarshal([]byte(ev.data), &ch))
+	require.Equal(t, "k1", ch.Key)
 }
 
 func TestParseCursor(t *testing.T) {
