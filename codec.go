@@ -185,6 +185,30 @@ func appendDelFrame(dst []byte, key string) []byte {
 	return appendFrame(dst, frameDel, []byte(key))
 }
 
+// appendEntry appends a key and an encoded value as CHUNK and CHUNKX
+// entries and the set writes of a TX lay them out: the deadline first if
+// at is not 0, then the key and the value, each after its uvarint length.
+func appendEntry(dst []byte, at int64, key string, value []byte) []byte {
+	if at != 0 {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(at))
+	}
+	dst = appendString(dst, key)
+	dst = binary.AppendUvarint(dst, uint64(len(value)))
+	return append(dst, value...)
+}
+
+// entry parses what appendEntry appends, with a deadline first if
+// deadline is set; what names it in errors.
+func (p *parser) entry(what string, deadline bool, maxKey, maxValue int) op {
+	var o op
+	if deadline {
+		o.at = p.deadline(what + " deadline")
+	}
+	o.key = p.bytes(what+" key", maxKey)
+	o.raw = p.bytes(what+" value", maxValue)
+	return o
+}
+
 // isDataRecord reports whether frames of type t are data records: writes
 // that advance the offset.
 func isDataRecord(t frameType) bool {
@@ -238,25 +262,20 @@ func parseOps(ops []op, t frameType, payload []byte, maxKey, maxValue int) ([]op
 			if p.err != nil {
 				break
 			}
-			var o op
 			if len(p.b) == 0 {
 				p.fail("TX write")
 				break
 			}
 			kind := frameType(p.b[0])
 			p.b = p.b[1:]
+			var o op
 			switch kind {
-			case frameSetX:
-				o.at = p.deadline("TX deadline")
-			case frameSet:
+			case frameSet, frameSetX:
+				o = p.entry("TX", kind == frameSetX, maxKey, maxValue)
 			case frameDel:
-				o.del = true
+				o = op{del: true, key: p.bytes("TX key", maxKey)}
 			default:
 				p.err = fmt.Errorf("%w: TX write of kind 0x%02x", ErrProtocol, byte(kind))
-			}
-			o.key = p.bytes("TX key", maxKey)
-			if !o.del {
-				o.raw = p.bytes("TX value", maxValue)
 			}
 			ops = append(ops, o)
 		}

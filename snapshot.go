@@ -3,7 +3,6 @@ package replmap
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -122,12 +121,7 @@ func addEntry[V any](s *snapshotWriter, key string, v V, at int64) error {
 	if len(f) == 0 {
 		f = beginFrame(f, t)
 	}
-	if at != 0 {
-		f = binary.BigEndian.AppendUint64(f, uint64(at))
-	}
-	f = appendString(f, key)
-	f = binary.AppendUvarint(f, uint64(len(s.value)))
-	f = append(f, s.value...)
+	f = appendEntry(f, at, key, s.value)
 	s.frames[k] = f
 	s.count++
 	if len(f)-frameHeaderSize >= limit {
@@ -215,12 +209,7 @@ func (s *snapshotLoader[V]) chunk(t frameType, payload []byte) error {
 	}
 	p := parser{b: payload}
 	for len(p.b) > 0 {
-		var o op
-		if t == frameChunkX {
-			o.at = p.deadline("snapshot deadline")
-		}
-		o.key = p.bytes("snapshot key", s.maxKey)
-		o.raw = p.bytes("snapshot value", s.maxValue)
+		o := p.entry("snapshot", t == frameChunkX, s.maxKey, s.maxValue)
 		if p.err != nil {
 			return p.err
 		}

@@ -186,15 +186,11 @@ func (tx *Tx[V]) set(key string, value V, at int64) error {
 	if max := tx.p.cfg.maxValueSize; len(tx.value) > max {
 		return fmt.Errorf("%w: value of %d bytes exceeds the %d-byte limit", ErrTooLarge, len(tx.value), max)
 	}
+	kind := frameSet
 	if at != 0 {
-		tx.frame = append(tx.frame, byte(frameSetX))
-		tx.frame = binary.BigEndian.AppendUint64(tx.frame, uint64(at))
-	} else {
-		tx.frame = append(tx.frame, byte(frameSet))
+		kind = frameSetX
 	}
-	tx.frame = appendString(tx.frame, key)
-	tx.frame = binary.AppendUvarint(tx.frame, uint64(len(tx.value)))
-	tx.frame = append(tx.frame, tx.value...)
+	tx.frame = appendEntry(append(tx.frame, byte(kind)), at, key, tx.value)
 	tx.ws = append(tx.ws, write[V]{})
 	tx.st.prepareSet(&tx.ws[len(tx.ws)-1], key, value, at)
 	tx.indexLast()
