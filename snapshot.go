@@ -209,7 +209,7 @@ func (s *snapshotLoader[V]) chunk(t frameType, payload []byte) error {
 	}
 	p := parser{b: payload}
 	for len(p.b) > 0 {
-		o := p.entry("snapshot", t == frameChunkX, s.maxKey, s.maxValue)
+		o := p.entry(snapshotNames, t == frameChunkX, s.maxKey, s.maxValue)
 		if p.err != nil {
 			return p.err
 		}
