@@ -348,3 +348,17 @@ func BenchmarkExpiryChurn(b *testing.B) {
 		next++
 	}
 }
+
+// BenchmarkParseSet is a replica's parse of one SET record.
+func BenchmarkParseSet(b *testing.B) {
+	frame, err := appendSetFrame(nil, "key:12345", bytes.Repeat([]byte("v"), 100), 0, DefaultMaxValueSize)
+	require.NoError(b, err)
+	payload := frame[frameHeaderSize : len(frame)-frameCRCSize]
+	var ops []op
+	b.ReportAllocs()
+	for b.Loop() {
+		if ops, err = parseOps(ops[:0], frameSet, payload, DefaultMaxKeySize, DefaultMaxValueSize); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

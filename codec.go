@@ -243,10 +243,12 @@ func parseOps(ops []op, t frameType, payload []byte, maxKey, maxValue int) ([]op
 	switch t {
 	case frameSet, frameSetX:
 		o := op{}
+		what := "SET key" // a constant: see parser.entry
 		if t == frameSetX {
 			o.at = p.deadline("SETX deadline")
+			what = "SETX key"
 		}
-		o.key = p.bytes(t.String()+" key", maxKey)
+		o.key = p.bytes(what, maxKey)
 		if p.err != nil {
 			return ops, p.err
 		}
