@@ -146,6 +146,13 @@ func TestExpiryHeapAgainstModel(t *testing.T) {
 	}
 }
 
+// setWrite returns a prepared set of key to v with the deadline at.
+func (s *store[V]) setWrite(key string, v V, at int64) write[V] {
+	var w write[V]
+	s.prepareSet(&w, key, v, at)
+	return w
+}
+
 // TestStoreDropsEmptyExpiry checks that a shard whose last key with a
 // deadline goes holds no index: a store without TTLs pays nothing.
 func TestStoreDropsEmptyExpiry(t *testing.T) {
