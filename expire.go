@@ -88,7 +88,10 @@ func (p *Primary[V]) expireDue(t int64) {
 
 // expireKeys deletes those of keys in st whose deadline is still at or
 // before t, under one hold of the write lock. It returns how many it
-// deleted, and whether writes are still accepted.
+// deleted, and whether writes are still accepted. It does not wait for
+// the DELs to reach the disk (a Set's afterWrite): a crash that loses
+// them loses nothing, since the deadlines are on disk and the restarted
+// primary deletes those keys again.
 func (p *Primary[V]) expireKeys(st *store[V], keys []string, t int64) (int, bool) {
 	n := p.n
 	d, err := p.lockForWrite()
