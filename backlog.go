@@ -204,14 +204,7 @@ func (b *backlog) window() (start, end uint64) {
 // onEvict, if not nil, is called when the cursor is evicted; it must not
 // block or call back into the backlog.
 func (b *backlog) newCursor(pos uint64, onEvict func(error)) (*cursor, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if pos < b.start || pos > b.end.Load() {
-		return nil, false
-	}
-	c := &cursor{pos: pos, onEvict: onEvict}
-	b.cursors[c] = struct{}{}
-	return c, true
+	return b.addCursor(&cursor{pos: pos, onEvict: onEvict})
 }
 
 // newWeakCursor returns a cursor at pos that pins nothing: once pos
@@ -219,13 +212,18 @@ func (b *backlog) newCursor(pos uint64, onEvict func(error)) (*cursor, bool) {
 // was evicted with). A watcher reads with one, so that one which does not
 // keep up costs no memory: it is ended instead.
 func (b *backlog) newWeakCursor(pos uint64) (*cursor, bool) {
-	c, ok := b.newCursor(pos, nil)
-	if ok {
-		b.mu.Lock()
-		c.weak = true
-		b.mu.Unlock()
+	return b.addCursor(&cursor{pos: pos, weak: true})
+}
+
+// addCursor registers c if its position is inside the window.
+func (b *backlog) addCursor(c *cursor) (*cursor, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c.pos < b.start || c.pos > b.end.Load() {
+		return nil, false
 	}
-	return c, ok
+	b.cursors[c] = struct{}{}
+	return c, true
 }
 
 // release forgets c, unpinning what it had not read.
