@@ -145,8 +145,11 @@ func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedDa
 		// Never committed: a generation here is what an interrupted first
 		// start left (a snapshot and an empty log), unless it holds writes:
 		// then the history record was lost, and with it the epoch.
-		if err := dd.checkUncommitted(); err != nil && !cfg.allowDataLoss {
-			return nil, nil, dirRecord{}, wrap(err)
+		if err := dd.checkUncommitted(); err != nil {
+			if !cfg.allowDataLoss {
+				return nil, nil, dirRecord{}, wrap(err)
+			}
+			dd.log.Warn("starting empty: the data directory lost its history record", "err", err)
 		}
 		if err := dd.removeOtherGens(0); err != nil {
 			return nil, nil, dirRecord{}, wrap(err)
