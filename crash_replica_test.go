@@ -31,7 +31,6 @@ package replmap
 //	REPLMAP_CRASH_SEED=7 go test -run 'TestCrashReplica$' -v .
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -425,41 +424,30 @@ func runCrashReplicaChild(t *testing.T, c crashReplicaConfig, stream *crashStrea
 // the digest and keys of its O line. It closes synced at the W line and
 // reached once killAt D lines have come.
 func readCrashReplicaEvents(r io.Reader, cr *crashReplicaRound, killAt int, digest *uint64, keys *int, synced, reached chan struct{}) error {
-	sc := bufio.NewScanner(r)
 	reports := 0
 	if killAt == 0 {
 		close(reached)
 	}
-	for sc.Scan() {
-		cr.events++
-		f := strings.Fields(sc.Text())
-		n := make([]uint64, len(f)-1)
-		for i := range n {
-			v, err := strconv.ParseUint(f[i+1], 10, 64)
-			if err != nil {
-				return fmt.Errorf("bad event %q: %w", sc.Text(), err)
-			}
-			n[i] = v
-		}
+	return scanCrashEvents(r, &cr.events, func(line, kind string, n []uint64) error {
 		switch {
-		case f[0] == "O" && len(n) == 3 && !cr.opened:
+		case kind == "O" && len(n) == 3 && !cr.opened:
 			cr.opened, cr.start, *keys, *digest = true, n[0], int(n[1]), n[2]
-		case (f[0] == "D" || f[0] == "W") && len(n) == 4 && cr.opened:
+		case (kind == "D" || kind == "W") && len(n) == 4 && cr.opened:
 			cr.applied = max(cr.applied, n[0])
 			cr.durable = max(cr.durable, n[1])
-			if f[0] == "W" {
+			if kind == "W" {
 				cr.synced, cr.partial = true, n[2] > 0
 				close(synced)
 			}
 			cr.syncs = int(n[2] + n[3])
-			if f[0] == "D" {
+			if kind == "D" {
 				if reports++; reports == killAt {
 					close(reached)
 				}
 			}
 		default:
-			return fmt.Errorf("bad event %q", sc.Text())
+			return fmt.Errorf("bad event %q", line)
 		}
-	}
-	return sc.Err()
+		return nil
+	})
 }

@@ -318,44 +318,62 @@ func runCrashChild(t *testing.T, dir string, policy FsyncPolicy, seed uint64, ro
 // readCrashEvents reads the child's reports to the end, into cr. It closes
 // opened at the O line and reached once killAt ops have returned.
 func readCrashEvents(r io.Reader, cr *crashRound, killAt int, opened, reached chan struct{}) error {
-	sc := bufio.NewScanner(r)
 	acks := 0
 	if killAt == 0 {
 		close(reached)
 	}
-	for sc.Scan() {
-		cr.events++
-		f := strings.Fields(sc.Text())
-		n := make([]uint64, len(f)-1)
-		for i := range n {
-			v, err := strconv.ParseInt(f[i+1], 10, 64)
-			if err != nil {
-				return fmt.Errorf("bad event %q: %w", sc.Text(), err)
-			}
-			n[i] = uint64(v)
-		}
+	return scanCrashEvents(r, &cr.events, func(line, kind string, n []uint64) error {
 		switch {
-		case f[0] == "O" && len(n) == 1:
+		case kind == "O" && len(n) == 1:
 			cr.opened, cr.start = true, n[0]
 			cr.durable = max(cr.durable, n[0])
 			close(opened)
-		case f[0] == "A" && len(n) == 3:
+		case kind == "A" && len(n) == 3:
 			w, i := int(n[0]), int(n[1])
 			if w >= len(cr.acked) || i != cr.acked[w]+1 {
-				return fmt.Errorf("event %q out of order", sc.Text())
+				return fmt.Errorf("event %q out of order", line)
 			}
 			cr.acked[w] = i
 			cr.durable = max(cr.durable, n[2])
 			if acks++; acks == killAt {
 				close(reached)
 			}
-		case f[0] == "S" && len(n) == 1+len(cr.synced):
+		case kind == "S" && len(n) == 1+len(cr.synced):
 			cr.durable = max(cr.durable, n[0])
 			for w := range cr.synced {
 				cr.synced[w] = max(cr.synced[w], int(int64(n[w+1])))
 			}
 		default:
-			return fmt.Errorf("bad event %q", sc.Text())
+			return fmt.Errorf("bad event %q", line)
+		}
+		return nil
+	})
+}
+
+// scanCrashEvents reads a crash child's reports to the end, counting them
+// in events and handing each to each: the line, its kind (the first
+// field) and its numbers. A number is unsigned (an offset, a digest) or
+// -1 (an S line's "none synced yet"), which reads as math.MaxUint64:
+// int(int64(n)) gives it back.
+func scanCrashEvents(r io.Reader, events *int, each func(line, kind string, n []uint64) error) error {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		*events++
+		f := strings.Fields(sc.Text())
+		n := make([]uint64, len(f)-1)
+		for i := range n {
+			v, err := strconv.ParseUint(f[i+1], 10, 64)
+			if err != nil {
+				s, serr := strconv.ParseInt(f[i+1], 10, 64)
+				if serr != nil {
+					return fmt.Errorf("bad event %q: %w", sc.Text(), err)
+				}
+				v = uint64(s)
+			}
+			n[i] = v
+		}
+		if err := each(sc.Text(), f[0], n); err != nil {
+			return err
 		}
 	}
 	return sc.Err()

@@ -145,8 +145,11 @@ func openDataDir[V any](cfg config, log *slog.Logger) (dd *dataDir, ld *loadedDa
 		// Never committed: a generation here is what an interrupted first
 		// start left (a snapshot and an empty log), unless it holds writes:
 		// then the history record was lost, and with it the epoch.
-		if err := dd.checkUncommitted(); err != nil && !cfg.allowDataLoss {
-			return nil, nil, dirRecord{}, wrap(err)
+		if err := dd.checkUncommitted(); err != nil {
+			if !cfg.allowDataLoss {
+				return nil, nil, dirRecord{}, wrap(err)
+			}
+			dd.log.Warn("starting empty: the data directory lost its history record", "err", err)
 		}
 		if err := dd.removeOtherGens(0); err != nil {
 			return nil, nil, dirRecord{}, wrap(err)
@@ -222,7 +225,8 @@ func (dd *dataDir) removeOtherGens(keep uint64) error {
 
 // loadGen loads the generation rec names: its newest snapshot, then the
 // log from the snapshot's offset on. The backlog is refilled with the
-// whole log, so replicas that were behind can still resume partially.
+// log's last backlog's worth, so replicas that were behind can still
+// resume partially.
 func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], error) {
 	dir := dd.genDir(rec.gen)
 	names, err := dd.fsys.ReadDir(dir)
@@ -233,7 +237,7 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 		return nil, err
 	}
 	var snap uint64
-	var found, segments bool
+	var found bool
 	var stale []string
 	for _, name := range names {
 		if off, ok := parseSnapshotName(name); ok {
@@ -242,9 +246,6 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 			}
 			snap, found = off, true // names sort by offset
 		}
-		if _, ok := parseSegmentName(name); ok {
-			segments = true
-		}
 		if strings.HasSuffix(name, tempSuffix) {
 			stale = append(stale, name)
 		}
@@ -252,22 +253,19 @@ func loadGen[V any](dd *dataDir, cfg config, rec dirRecord) (*loadedData[V], err
 	if !found {
 		return nil, fmt.Errorf("%w: %s holds no snapshot", ErrLostState, dir)
 	}
-	if !segments {
-		return nil, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
-	}
-	name := filepath.Join(dir, snapshotName(snap))
-	size, err := fileSize(dd.fsys, name)
-	if err != nil {
-		return nil, err
-	}
-	// Where the log starts and ends: the store is sized for the keys its
-	// records past the snapshot may add.
-	first, _, logEnd, err := segmentBounds(dd.fsys, dir)
+	// Where the log starts and ends (no log at all is ErrLostState): the
+	// store is sized for the keys its records past the snapshot may add.
+	first, logEnd, err := segmentBounds(dd.fsys, dir)
 	if err != nil {
 		return nil, err
 	}
 	if first > snap {
 		return nil, fmt.Errorf("%w: the log in %s starts at offset %d, after the snapshot at %d", ErrLostState, dir, first, snap)
+	}
+	name := filepath.Join(dir, snapshotName(snap))
+	size, err := fileSize(dd.fsys, name)
+	if err != nil {
+		return nil, err
 	}
 	f, err := dd.fsys.OpenFile(name, os.O_RDONLY, 0)
 	if err != nil {
@@ -372,14 +370,16 @@ type logFile struct {
 	from uint64
 }
 
-// segmentBounds returns where the oldest and newest segments in dir
-// start, and where the log ends by the files' sizes (before a torn tail,
-// if any, is cut off; without a preallocated tail of zeros).
-func segmentBounds(fsys fileSystem, dir string) (first, last, end uint64, err error) {
+// segmentBounds returns where the oldest segment in dir starts, and where
+// the log ends by the newest one's size (before a torn tail, if any, is
+// cut off; without a preallocated tail of zeros). A dir without segments
+// is ErrLostState.
+func segmentBounds(fsys fileSystem, dir string) (first, end uint64, err error) {
 	names, err := fsys.ReadDir(dir)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, err
 	}
+	var last uint64
 	found := false
 	for _, name := range names {
 		if s, ok := parseSegmentName(name); ok {
@@ -390,13 +390,13 @@ func segmentBounds(fsys fileSystem, dir string) (first, last, end uint64, err er
 		}
 	}
 	if !found {
-		return 0, 0, 0, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
+		return 0, 0, fmt.Errorf("%w: %s holds no log", ErrLostState, dir)
 	}
 	size, err := dataSize(fsys, filepath.Join(dir, segmentName(last)))
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, err
 	}
-	return first, last, last + uint64(max(size-segmentHeaderSize, 0)), nil
+	return first, last + uint64(max(size-segmentHeaderSize, 0)), nil
 }
 
 func fileSize(fsys fileSystem, name string) (int64, error) {

@@ -2,6 +2,7 @@ package replmap
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -201,8 +202,10 @@ func TestDataDirHistoryRecordLost(t *testing.T) {
 	require.NoError(t, os.Remove(filepath.Join(dir, historyFileName)))
 	_, err = NewPrimary[int](WithDataDir(dir))
 	require.ErrorIs(t, err, ErrLostState)
-	p, err = NewPrimary[int](WithDataDir(dir), WithAllowDataLoss())
+	logs := &countingHandler{}
+	p, err = NewPrimary[int](WithDataDir(dir), WithAllowDataLoss(), WithLogger(slog.New(logs)))
 	require.NoError(t, err)
 	assert.Zero(t, p.Len())
+	assert.Equal(t, int64(1), logs.count("starting empty: the data directory lost its history record"), "the data dropped is logged")
 	require.NoError(t, p.Close())
 }

@@ -382,7 +382,7 @@ func TestStreamLogPrealloc(t *testing.T) {
 
 	// The restart's backlog is placed by where the frames end, not by
 	// the file's size.
-	_, _, end, err := segmentBounds(osFS{}, dir)
+	_, end, err := segmentBounds(osFS{}, dir)
 	require.NoError(t, err)
 	assert.LessOrEqual(t, end, logEnd(frames[:300]))
 	assert.Greater(t, end+frameCRCSize, logEnd(frames[:300]))

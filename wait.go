@@ -57,8 +57,16 @@ func (p *Primary[V]) WaitContext(ctx context.Context, n int) (int, error) {
 	if n <= 0 {
 		return nd.ackCount(target), nil
 	}
+	return p.waitAcks(ctx, target, n, false)
+}
+
+// waitAcks blocks until n replicas have acknowledged target, or ctx is
+// done, and returns the count taken when it returns: for WaitContext,
+// replicas that applied target; if durable, for WaitDurable, replicas
+// that hold it on disk.
+func (p *Primary[V]) waitAcks(ctx context.Context, target uint64, n int, durable bool) (int, error) {
 	for {
-		k, woken, err := p.waitOnce(ctx, target, n)
+		k, woken, err := p.waitOnce(ctx, target, n, durable)
 		if err != nil || k >= n || !woken {
 			return k, err
 		}
@@ -69,33 +77,38 @@ func (p *Primary[V]) WaitContext(ctx context.Context, n int) (int, error) {
 }
 
 // waitOnce blocks until the waiter for target is woken, or ctx is done;
-// it reports the count taken then and whether it was woken.
-func (p *Primary[V]) waitOnce(ctx context.Context, target uint64, n int) (int, bool, error) {
+// it reports the count taken then and whether it was woken. durable is
+// as for waitAcks.
+func (p *Primary[V]) waitOnce(ctx context.Context, target uint64, n int, durable bool) (int, bool, error) {
 	nd := p.n
-	w := nd.waits.add(target, n)
-	defer nd.waits.remove(w)
-	if k := nd.ackCount(target); k >= n {
+	list, count := &nd.waits, nd.ackCount
+	if durable {
+		list, count = &nd.durableWaits, nd.durableCount
+	}
+	w := list.add(target, n)
+	defer list.remove(w)
+	if k := count(target); k >= n {
 		return k, false, nil
 	}
 	// Close wakes every listed waiter (see waitList.closeAll), and this
 	// one is listed before this check: so no Close is missed, without a
 	// select on a channel that every blocked Wait would share.
 	if p.closed() {
-		return nd.ackCount(target), false, ErrClosed
+		return count(target), false, ErrClosed
 	}
-	nd.requestAcks(target)
+	nd.requestAcks(target, durable)
 	select {
 	case <-w.ready: // n acknowledged, or Close
 		if nd.testHookWaitWoken != nil {
 			nd.testHookWaitWoken()
 		}
-		k := nd.ackCount(target)
+		k := count(target)
 		if k < n && p.closed() {
 			return k, true, ErrClosed
 		}
 		return k, true, nil
 	case <-ctx.Done():
-		return nd.ackCount(target), false, ctx.Err()
+		return count(target), false, ctx.Err()
 	}
 }
 
@@ -110,11 +123,28 @@ func (n *node[V]) ackCount(target uint64) int {
 	return k
 }
 
-// requestAcks asks every replica that has not acknowledged target yet to
-// acknowledge now (see link.requestAck for how requests are shared).
-func (n *node[V]) requestAcks(target uint64) {
+// durableCount counts the replicas that hold offset target or later on
+// disk.
+func (n *node[V]) durableCount(target uint64) int {
+	k := 0
 	for _, l := range n.linkList() {
-		l.requestAck(target)
+		if l.durable.Load() >= target {
+			k++
+		}
+	}
+	return k
+}
+
+// requestAcks asks every replica that has not acknowledged target yet to
+// acknowledge now (see link.requestAck for how requests are shared); if
+// durable, to make it durable first and say so.
+func (n *node[V]) requestAcks(target uint64, durable bool) {
+	for _, l := range n.linkList() {
+		if durable {
+			l.requestDurableAck(target)
+		} else {
+			l.requestAck(target)
+		}
 	}
 }
 
@@ -284,56 +314,9 @@ func (o *offsetWaits) notify(off uint64) {
 // directory's failure if p's Sync fails, and ErrClosed if p is closed.
 // With n ≤ 0 it makes p's writes durable and returns the current count.
 func (p *Primary[V]) WaitDurable(ctx context.Context, n int) (int, error) {
-	nd := p.n
 	target := p.Offset()
 	if err := p.Sync(); err != nil {
-		return nd.durableCount(target), err
+		return p.n.durableCount(target), err
 	}
-	for {
-		k, woken, err := p.waitDurableOnce(ctx, target, n)
-		if err != nil || !woken || k >= n {
-			return k, err
-		}
-		// Woken with n on disk, but a link was replaced before the
-		// recount: wait again.
-	}
-}
-
-// waitDurableOnce lists a waiter for target, asks the replicas, and
-// blocks until it is woken or ctx ends; it reports the count and whether
-// it was woken.
-func (p *Primary[V]) waitDurableOnce(ctx context.Context, target uint64, n int) (int, bool, error) {
-	nd := p.n
-	w := nd.durableWaits.add(target, n)
-	defer nd.durableWaits.remove(w)
-	if k := nd.durableCount(target); k >= n {
-		return k, false, nil
-	}
-	if p.closed() { // listed before this check: Close wakes it otherwise
-		return nd.durableCount(target), false, ErrClosed
-	}
-	for _, l := range nd.linkList() {
-		l.requestDurableAck(target)
-	}
-	select {
-	case <-w.ready:
-		if p.closed() {
-			return nd.durableCount(target), false, ErrClosed
-		}
-		return nd.durableCount(target), true, nil
-	case <-ctx.Done():
-		return nd.durableCount(target), false, ctx.Err()
-	}
-}
-
-// durableCount counts the replicas that hold offset target or later on
-// disk.
-func (n *node[V]) durableCount(target uint64) int {
-	k := 0
-	for _, l := range n.linkList() {
-		if l.durable.Load() >= target {
-			k++
-		}
-	}
-	return k
+	return p.waitAcks(ctx, target, n, true)
 }
